@@ -1,0 +1,21 @@
+//! dscode-hostd: a supervisor for DSCode extension hosts.
+//!
+//! Layers, each depending only on the ones below it:
+//!
+//! - [`daemon`]: the composition root the binary runs (socket, lock, signals);
+//! - [`rpc`]: JSON-RPC 2.0, one message per line, over a local socket;
+//! - [`supervisor`]: one actor per host, the event bus;
+//! - [`state`], [`spawn`], [`lines`]: the pure state machine, process control,
+//!   bounded line framing.
+//!
+//! See `ARCHITECTURE.md` for the map and the invariants.
+
+pub mod config;
+pub mod daemon;
+pub mod lines;
+pub mod paths;
+pub mod rpc;
+pub mod spawn;
+pub mod state;
+pub mod supervisor;
+pub mod time;

@@ -1,0 +1,215 @@
+//! Where the daemon's files live, and the checks that keep the control socket
+//! private.
+
+use std::path::{Path, PathBuf};
+
+/// Why a path could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error(
+        "refusing to use socket directory {path}: it is {problem}. \
+         It must be owned by uid {uid} with mode 0700. \
+         Fix: `chmod 700 {path}` (or remove it and let dscode-hostd create it)"
+    )]
+    InsecureDir {
+        path: PathBuf,
+        problem: String,
+        uid: u32,
+    },
+    #[error("cannot create directory {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot inspect {path}: {source}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("socket path {path} has no parent directory")]
+    NoParent { path: PathBuf },
+    #[error(
+        "another dscode-hostd is already running on socket {socket} (lock {lock} is held); \
+         stop it first, or pass a different --socket"
+    )]
+    AlreadyRunning { socket: PathBuf, lock: PathBuf },
+    #[error("cannot lock {lock}: {source}")]
+    Lock {
+        lock: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("dev", "dscode", "dscode-hostd")
+}
+
+/// The user this daemon runs as.
+#[cfg(unix)]
+pub fn current_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// The control socket: `--socket`, `$DSCODE_HOSTD_SOCKET`, config `socket`,
+/// `$XDG_RUNTIME_DIR/dscode-hostd/hostd.sock`, `/tmp/dscode-hostd-<uid>/hostd.sock`.
+/// On Windows a named pipe `\\.\pipe\dscode-hostd-<user>`.
+pub fn resolve_socket(cli: Option<&Path>, config: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    if let Some(p) = std::env::var_os("DSCODE_HOSTD_SOCKET").filter(|v| !v.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = config {
+        return p.to_path_buf();
+    }
+    default_socket()
+}
+
+#[cfg(unix)]
+fn default_socket() -> PathBuf {
+    if let Some(rt) =
+        directories::BaseDirs::new().and_then(|b| b.runtime_dir().map(Path::to_path_buf))
+    {
+        return rt.join("dscode-hostd").join("hostd.sock");
+    }
+    PathBuf::from(format!("/tmp/dscode-hostd-{}", current_uid())).join("hostd.sock")
+}
+
+#[cfg(windows)]
+fn default_socket() -> PathBuf {
+    let user = std::env::var("USERNAME").unwrap_or_else(|_| "user".into());
+    PathBuf::from(format!(r"\\.\pipe\dscode-hostd-{user}"))
+}
+
+/// `--state-dir`, else the platform state dir (`~/.local/state/dscode-hostd`).
+pub fn resolve_state_dir(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    project_dirs()
+        .map(|d| d.state_dir().unwrap_or(d.data_local_dir()).to_path_buf())
+        .unwrap_or_else(|| std::env::temp_dir().join("dscode-hostd-state"))
+}
+
+/// Create `dir` (mode 0700) if missing, then insist it is ours and private.
+#[cfg(unix)]
+pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| PathError::Create {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| PathError::Stat {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let uid = current_uid();
+    let mode = meta.permissions().mode() & 0o7777;
+    let problem = if !meta.is_dir() {
+        Some("not a directory".to_string())
+    } else if meta.uid() != uid {
+        Some(format!("owned by uid {}", meta.uid()))
+    } else if mode & 0o077 != 0 {
+        Some(format!("accessible to group or others (mode {mode:04o})"))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(PathError::InsecureDir {
+            path: dir.to_path_buf(),
+            problem,
+            uid,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// An exclusive `flock` on `hostd.lock` beside the socket, held for the
+/// daemon's life.
+#[cfg(unix)]
+pub struct InstanceLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    pub path: PathBuf,
+}
+
+#[cfg(unix)]
+pub fn lock_instance(socket: &Path) -> Result<InstanceLock, PathError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = socket.parent().ok_or_else(|| PathError::NoParent {
+        path: socket.to_path_buf(),
+    })?;
+    let path = dir.join("hostd.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| PathError::Lock {
+            lock: path.clone(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(InstanceLock { _lock: lock, path }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(PathError::AlreadyRunning {
+            socket: socket.to_path_buf(),
+            lock: path,
+        }),
+        Err((_, e)) => Err(PathError::Lock {
+            lock: path,
+            source: e.into(),
+        }),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_dir_is_created_0700() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b");
+        ensure_private_dir(&d).unwrap();
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn group_readable_dir_is_refused_with_the_fix() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = ensure_private_dir(t.path()).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+        assert!(err.contains(&t.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn second_lock_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let sock = t.path().join("hostd.sock");
+        let _a = lock_instance(&sock).unwrap();
+        assert!(matches!(
+            lock_instance(&sock),
+            Err(PathError::AlreadyRunning { .. })
+        ));
+    }
+
+    #[test]
+    fn cli_beats_config() {
+        let p = resolve_socket(Some(Path::new("/a.sock")), Some(Path::new("/b.sock")));
+        assert_eq!(p, Path::new("/a.sock"));
+    }
+}

@@ -1,0 +1,268 @@
+//! Every control method, registered on a jsonrpsee [`RpcModule`].
+//!
+//! Handlers parse params, call the supervisor (which only sends messages to
+//! host actors) and map [`SupervisorError`] to a JSON-RPC error.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee_types::{ErrorObject, ErrorObjectOwned};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{Notify, broadcast};
+
+use super::codes;
+use super::params::{self, invalid_params};
+use crate::supervisor::events::{StateEvent, filter_matches};
+use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
+
+/// The subscription methods and their notification.
+pub const SUBSCRIBE: &str = "host.subscribe";
+pub const UNSUBSCRIBE: &str = "host.unsubscribe";
+pub const STATE_CHANGED: &str = "host.stateChanged";
+
+/// Facts about this daemon for `daemon.info`.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub socket: PathBuf,
+}
+
+/// What every handler can reach.
+pub struct RpcContext {
+    pub supervisor: Arc<Supervisor>,
+    pub info: DaemonInfo,
+    /// Notified by `daemon.shutdown`.
+    pub shutdown: Arc<Notify>,
+}
+
+impl From<SupervisorError> for ErrorObjectOwned {
+    fn from(e: SupervisorError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SupervisorError::UnknownHost(id) => {
+                ErrorObject::owned(codes::UNKNOWN_HOST, msg, Some(json!({ "extensionId": id })))
+            }
+            SupervisorError::InvalidTransition {
+                extension_id,
+                state,
+            } => ErrorObject::owned(
+                codes::INVALID_TRANSITION,
+                msg,
+                Some(json!({ "extensionId": extension_id, "state": state })),
+            ),
+            SupervisorError::Spawn {
+                extension_id,
+                source,
+            } => ErrorObject::owned(
+                codes::SPAWN_FAILED,
+                msg,
+                Some(json!({ "extensionId": extension_id, "path": source.path() })),
+            ),
+            SupervisorError::InvalidSpec { field, reason } => invalid_params(field, &reason),
+            SupervisorError::ShuttingDown => {
+                ErrorObject::owned(codes::SHUTTING_DOWN, msg, None::<()>)
+            }
+        }
+    }
+}
+
+type RpcResult<T> = Result<T, ErrorObjectOwned>;
+
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Info {
+    version: &'static str,
+    protocol_version: u32,
+    pid: u32,
+    started_at: String,
+    uptime_ms: u64,
+    socket: String,
+    hosts: usize,
+    hosts_by_state: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Clone, Serialize)]
+struct HostList {
+    hosts: Vec<crate::supervisor::HostStatus>,
+}
+
+#[derive(Clone, Serialize)]
+struct Logs {
+    lines: Vec<crate::supervisor::logs::LogLine>,
+}
+
+fn ms(v: Option<u64>) -> Option<Duration> {
+    v.map(Duration::from_millis)
+}
+
+fn start_request(p: params::StartParams) -> StartRequest {
+    let r = p.restart.unwrap_or_default();
+    StartRequest {
+        extension_id: p.extension_id,
+        entry: p.entry,
+        args: p.args,
+        env: p.env,
+        cwd: p.cwd,
+        max_attempts: r.max_attempts,
+        backoff: ms(r.backoff_ms),
+        max_backoff: ms(r.max_backoff_ms),
+        stable_after: ms(r.stable_after_ms),
+        stop_timeout: ms(p.stop_timeout_ms),
+    }
+}
+
+/// Register every method of the control protocol.
+pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
+    let mut m = RpcModule::new(ctx);
+    m.register_method("daemon.info", |p, ctx, _| -> RpcResult<Info> {
+        params::parse::<params::NoParams>(&p)?;
+        let hosts = ctx.supervisor.list();
+        let mut by_state = BTreeMap::new();
+        for h in &hosts {
+            *by_state.entry(h.state.as_str()).or_insert(0) += 1;
+        }
+        Ok(Info {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol_version: 1,
+            pid: ctx.info.pid,
+            started_at: crate::time::rfc3339(ctx.info.started_at),
+            uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
+            socket: ctx.info.socket.display().to_string(),
+            hosts: hosts.len(),
+            hosts_by_state: by_state,
+        })
+    })
+    .expect("unique method name");
+    m.register_method("daemon.shutdown", |p, ctx, _| -> RpcResult<_> {
+        params::parse::<params::NoParams>(&p)?;
+        ctx.shutdown.notify_one();
+        Ok(json!({ "ok": true }))
+    })
+    .expect("unique method name");
+    m.register_async_method("host.start", |p, ctx, _| async move {
+        let req = start_request(params::parse(&p)?);
+        ctx.supervisor
+            .start(req)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method("host.stop", |p, ctx, _| async move {
+        let p: params::StopParams = params::parse(&p)?;
+        ctx.supervisor
+            .stop(&p.extension_id, ms(p.timeout_ms))
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method("host.restart", |p, ctx, _| async move {
+        let p: params::IdParams = params::parse(&p)?;
+        ctx.supervisor
+            .restart(&p.extension_id)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_method("host.status", |p, ctx, _| -> RpcResult<_> {
+        let p: params::IdParams = params::parse(&p)?;
+        Ok(ctx.supervisor.status(&p.extension_id)?)
+    })
+    .expect("unique method name");
+    m.register_method("host.list", |p, ctx, _| -> RpcResult<_> {
+        params::parse::<params::NoParams>(&p)?;
+        Ok(HostList {
+            hosts: ctx.supervisor.list(),
+        })
+    })
+    .expect("unique method name");
+    m.register_async_method("host.remove", |p, ctx, _| async move {
+        let p: params::IdParams = params::parse(&p)?;
+        ctx.supervisor.remove(&p.extension_id).await?;
+        RpcResult::Ok(json!({ "removed": true }))
+    })
+    .expect("unique method name");
+    m.register_method("host.logs", |p, ctx, _| -> RpcResult<_> {
+        let p: params::LogsParams = params::parse(&p)?;
+        let n = p.lines.unwrap_or(params::LOG_LINES_DEFAULT);
+        if n > params::LOG_LINES_MAX {
+            return Err(invalid_params(
+                "lines",
+                &format!("must be at most {}", params::LOG_LINES_MAX),
+            ));
+        }
+        Ok(Logs {
+            lines: ctx.supervisor.logs(&p.extension_id, n)?,
+        })
+    })
+    .expect("unique method name");
+    m.register_subscription_raw(SUBSCRIBE, STATE_CHANGED, UNSUBSCRIBE, subscribe)
+        .expect("unique method name");
+    m
+}
+
+/// `host.subscribe`: a snapshot of the matching hosts, then every event, until
+/// the client unsubscribes, disconnects or falls too far behind.
+fn subscribe(
+    p: jsonrpsee_types::Params<'_>,
+    pending: PendingSubscriptionSink,
+    ctx: Arc<RpcContext>,
+    _: &jsonrpsee::Extensions,
+) {
+    let filter = match params::parse::<params::SubscribeParams>(&p) {
+        Ok(p) => p
+            .extension_ids
+            .map(|ids| ids.into_iter().collect::<HashSet<_>>()),
+        Err(e) => {
+            tokio::spawn(pending.reject(e));
+            return;
+        }
+    };
+    // Taken before the reply, so no event between the two is lost.
+    let sub = ctx.supervisor.subscribe(&filter);
+    tokio::spawn(async move {
+        let Ok(sink) = pending.accept().await else {
+            return;
+        };
+        let sub_id = sink.subscription_id();
+        let message = |event: &StateEvent| {
+            SubscriptionMessage::new(STATE_CHANGED, sub_id.clone(), event)
+                .expect("events serialize")
+        };
+        let mut last_seq = 0;
+        for event in &sub.snapshot {
+            last_seq = event.seq;
+            if sink.send(message(event)).await.is_err() {
+                return;
+            }
+        }
+        let mut events = sub.events;
+        loop {
+            tokio::select! {
+                () = sink.closed() => return,
+                r = events.recv() => match r {
+                    Ok(ev) => {
+                        last_seq = ev.seq;
+                        if !filter_matches(&filter, &ev.extension_id) {
+                            continue;
+                        }
+                        if sink.send(ev.json.clone()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(subscription = ?sub_id, missed, "subscriber lagged; ending its subscription");
+                        let _ = sink.send(message(&StateEvent::lagged(last_seq, missed))).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+}

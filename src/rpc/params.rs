@@ -1,0 +1,135 @@
+//! Method parameters (by name, camelCase) and their parsing.
+//!
+//! Every struct denies unknown fields, so a misspelt parameter is an error
+//! that names it rather than a silently ignored value.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use jsonrpsee_types::{ErrorObject, ErrorObjectOwned, Params};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::codes::INVALID_PARAMS_CODE;
+
+/// `-32602` with a message naming the field, and `data: {"field"}`.
+pub fn invalid_params(field: &str, reason: &str) -> ErrorObjectOwned {
+    let message = if field.is_empty() {
+        format!("invalid params: {reason}")
+    } else {
+        format!("invalid params: {field}: {reason}")
+    };
+    ErrorObject::owned(
+        INVALID_PARAMS_CODE,
+        message,
+        Some(serde_json::json!({ "field": field })),
+    )
+}
+
+/// Parse by-name params. Absent params and `[]` read as `{}`.
+pub fn parse<T: DeserializeOwned>(params: &Params<'_>) -> Result<T, ErrorObjectOwned> {
+    let raw = params.as_str().map(str::trim).unwrap_or("{}");
+    let raw = match raw {
+        "" | "[]" | "null" => "{}",
+        r if r.starts_with('[') => {
+            return Err(invalid_params("", "params must be an object (by name)"));
+        }
+        r => r,
+    };
+    let mut de = serde_json::Deserializer::from_str(raw);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        invalid_params(&field, &e.inner().to_string())
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestartParams {
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub stable_after_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StartParams {
+    pub extension_id: String,
+    pub entry: Option<PathBuf>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub cwd: Option<PathBuf>,
+    pub restart: Option<RestartParams>,
+    pub stop_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdParams {
+    pub extension_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StopParams {
+    pub extension_id: String,
+    pub timeout_ms: Option<u64>,
+}
+
+pub const LOG_LINES_DEFAULT: usize = 100;
+pub const LOG_LINES_MAX: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogsParams {
+    pub extension_id: String,
+    pub lines: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SubscribeParams {
+    pub extension_ids: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Params<'_> {
+        Params::new(Some(s))
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let e = parse::<IdParams>(&p("{}")).unwrap_err();
+        assert_eq!(e.code(), INVALID_PARAMS_CODE);
+        assert!(e.message().contains("extensionId"), "{}", e.message());
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let e = parse::<StartParams>(&p(r#"{"extensionId":"a","restart":{"backoffMs":"x"}}"#))
+            .unwrap_err();
+        assert!(e.message().contains("restart.backoffMs"), "{}", e.message());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = parse::<IdParams>(&p(r#"{"extensionId":"a","bogus":1}"#)).unwrap_err();
+        assert!(e.message().contains("bogus"), "{}", e.message());
+    }
+
+    #[test]
+    fn absent_params_read_as_empty_object() {
+        parse::<NoParams>(&Params::new(None)).unwrap();
+        parse::<NoParams>(&p("[]")).unwrap();
+        assert!(parse::<IdParams>(&p(r#"["a"]"#)).is_err());
+    }
+}

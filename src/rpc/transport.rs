@@ -1,0 +1,452 @@
+//! JSON-RPC 2.0 over one connection: one compact message per line each way.
+//!
+//! jsonrpsee's own server speaks only HTTP and WebSocket, so this module is
+//! the line transport in front of its [`Methods`]: it frames, classifies and
+//! dispatches requests, answers malformed ones with the right error, and
+//! writes every reply and notification through one bounded queue with a
+//! single writer task.
+//!
+//! Limits:
+//! - a line over `max_message_bytes` is answered `-32600 request too large`
+//!   and skipped, never buffered whole ([`crate::lines`]);
+//! - at most `max_in_flight` requests of a connection run at once; later ones
+//!   wait in the socket, none is dropped.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use jsonrpsee::{
+    BoundedSubscriptions, ConnectionId, Extensions, MethodCallback, MethodResponse, MethodSink,
+    Methods, SubscriptionState, core::id_providers::RandomIntegerIdProvider,
+};
+use jsonrpsee_types::{ErrorObject, Id, Params};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::codec::FramedRead;
+
+use super::codes;
+use crate::lines::{BoundedLines, Line};
+
+/// Replies and notifications queued per connection before producers wait.
+const OUT_QUEUE: usize = 256;
+/// Largest single response (a big `host.logs`).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Subscriptions one connection may hold.
+const MAX_SUBSCRIPTIONS: u32 = 1024;
+
+/// Per-connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+}
+
+/// What the dispatcher needs for one connection.
+#[derive(Clone)]
+pub struct Dispatcher {
+    methods: Methods,
+    conn_id: ConnectionId,
+    sink: MethodSink,
+    subscriptions: BoundedSubscriptions,
+}
+
+fn error_line(id: Id<'_>, code: i32, message: &str) -> Box<RawValue> {
+    MethodResponse::error(id, ErrorObject::borrowed(code, message, None)).into_json()
+}
+
+/// The line sent to a connection refused for load.
+pub fn too_many_connections_line() -> String {
+    let mut s = error_line(
+        Id::Null,
+        codes::TOO_MANY_CONNECTIONS,
+        "too many connections",
+    )
+    .get()
+    .to_string();
+    s.push('\n');
+    s
+}
+
+/// The members of a request object, each kept raw. `null` stays `Some("null")`
+/// (an explicit `"id": null` is a request, not a notification).
+#[derive(Default)]
+struct Envelope<'a> {
+    jsonrpc: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    method: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Envelope<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC request object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
+                let mut env = Envelope::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "jsonrpc" => &mut env.jsonrpc,
+                        "id" => &mut env.id,
+                        "method" => &mut env.method,
+                        "params" => &mut env.params,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Why a message is not a valid request.
+enum Invalid {
+    Parse(String),
+    Request(Id<'static>, &'static str),
+}
+
+impl Invalid {
+    fn into_json(self) -> Box<RawValue> {
+        self.into_response().into_json()
+    }
+}
+
+fn classify(e: &serde_json::Error) -> Invalid {
+    match e.classify() {
+        serde_json::error::Category::Data => Invalid::Request(Id::Null, "not a request object"),
+        _ => Invalid::Parse(e.to_string()),
+    }
+}
+
+/// A request that passed the envelope checks.
+struct Call<'a> {
+    /// `None` for a notification.
+    id: Option<Id<'a>>,
+    method: Cow<'a, str>,
+    params: Option<&'a str>,
+}
+
+fn check(text: &str) -> Result<Call<'_>, Invalid> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| classify(&e))?;
+    let id = match env.id {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Id<'_>>(raw.get()) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return Err(Invalid::Request(
+                    Id::Null,
+                    "id must be a string, a number or null",
+                ));
+            }
+        },
+    };
+    let echo = || id.clone().map(Id::into_owned).unwrap_or(Id::Null);
+    if env.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Err(Invalid::Request(echo(), "jsonrpc must be \"2.0\""));
+    }
+    let method = match env
+        .method
+        .map(|m| serde_json::from_str::<Cow<'_, str>>(m.get()))
+    {
+        Some(Ok(m)) => m,
+        _ => return Err(Invalid::Request(echo(), "method must be a string")),
+    };
+    let params = match env.params.map(RawValue::get) {
+        None | Some("null") => None,
+        Some(p) if p.starts_with('{') || p.starts_with('[') => Some(p),
+        Some(_) => {
+            return Err(Invalid::Request(
+                echo(),
+                "params must be an object or an array",
+            ));
+        }
+    };
+    Ok(Call { id, method, params })
+}
+
+impl Dispatcher {
+    pub fn new(methods: Methods, conn_id: usize, sink: MethodSink) -> Self {
+        Dispatcher {
+            methods,
+            conn_id: ConnectionId(conn_id),
+            sink,
+            subscriptions: BoundedSubscriptions::new(MAX_SUBSCRIPTIONS),
+        }
+    }
+
+    /// Handle one line. Returns the reply to write, if any.
+    pub async fn handle_line(&self, line: &[u8]) -> Option<Box<RawValue>> {
+        let text = match std::str::from_utf8(line) {
+            Ok(t) => t.trim(),
+            Err(e) => return Some(Invalid::Parse(format!("invalid UTF-8: {e}")).into_json()),
+        };
+        if text.is_empty() {
+            return None;
+        }
+        if !text.starts_with('[') {
+            return self.handle_one(text, false).await;
+        }
+        let items: Vec<&RawValue> = match serde_json::from_str(text) {
+            Ok(items) => items,
+            Err(e) => return Some(classify(&e).into_json()),
+        };
+        if items.is_empty() {
+            return Some(Invalid::Request(Id::Null, "empty batch").into_json());
+        }
+        let replies =
+            futures_util::future::join_all(items.iter().map(|i| self.handle_one(i.get(), true)))
+                .await;
+        let replies: Vec<Box<RawValue>> = replies.into_iter().flatten().collect();
+        if replies.is_empty() {
+            return None;
+        }
+        Some(serde_json::value::to_raw_value(&replies).expect("raw values serialize"))
+    }
+
+    async fn handle_one(&self, text: &str, in_batch: bool) -> Option<Box<RawValue>> {
+        let call = match check(text) {
+            Ok(c) => c,
+            Err(e) => return Some(e.into_json()),
+        };
+        let is_notification = call.id.is_none();
+        let response = self.dispatch(call, in_batch).await?;
+        if is_notification {
+            return None;
+        }
+        Some(response.into_json())
+    }
+
+    async fn dispatch(&self, call: Call<'_>, in_batch: bool) -> Option<MethodResponse> {
+        let id = call.id.clone().unwrap_or(Id::Null).into_owned();
+        let params = Params::new(call.params).into_owned();
+        let Some(cb) = self.methods.method(&call.method) else {
+            return Some(MethodResponse::error(
+                id,
+                ErrorObject::from(jsonrpsee_types::ErrorCode::MethodNotFound),
+            ));
+        };
+        let ext = Extensions::new();
+        Some(match cb {
+            MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
+            MethodCallback::Async(f) => f(id, params, self.conn_id, MAX_RESPONSE_BYTES, ext).await,
+            MethodCallback::Unsubscription(f) => {
+                f(id, params, self.conn_id, MAX_RESPONSE_BYTES, ext)
+            }
+            MethodCallback::Subscription(f) => {
+                if in_batch {
+                    return Some(
+                        Invalid::Request(id, "subscriptions are not allowed in a batch")
+                            .into_response(),
+                    );
+                }
+                // A subscription nobody can hear about is ignored.
+                call.id.as_ref()?;
+                let Some(permit) = self.subscriptions.acquire() else {
+                    return Some(MethodResponse::error(
+                        id,
+                        ErrorObject::borrowed(
+                            codes::TOO_MANY_SUBSCRIPTIONS,
+                            "too many subscriptions on this connection",
+                            None,
+                        ),
+                    ));
+                };
+                let state = SubscriptionState {
+                    conn_id: self.conn_id,
+                    id_provider: &RandomIntegerIdProvider,
+                    subscription_permit: permit,
+                };
+                // The subscription writes its own reply (accept or reject)
+                // into the sink; writing this one too would answer twice.
+                let _ = f(id, params, self.sink.clone(), state, ext).await;
+                return None;
+            }
+        })
+    }
+}
+
+impl Invalid {
+    fn into_response(self) -> MethodResponse {
+        match self {
+            Invalid::Request(id, why) => MethodResponse::error(
+                id,
+                ErrorObject::owned(codes::INVALID_REQUEST_CODE, "Invalid request", Some(why)),
+            ),
+            Invalid::Parse(detail) => MethodResponse::error(
+                Id::Null,
+                ErrorObject::owned(codes::PARSE_ERROR_CODE, "Parse error", Some(detail)),
+            ),
+        }
+    }
+}
+
+/// Serve one accepted connection until the client goes away or `shutdown`
+/// turns true. On shutdown every request already read is answered and
+/// flushed before the connection closes.
+pub async fn serve<S>(
+    stream: S,
+    methods: Methods,
+    conn_id: usize,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let (tx, rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(write, rx, finish_rx));
+    let sink = MethodSink::new_with_limit(tx.clone(), MAX_RESPONSE_BYTES as u32);
+    let dispatcher = Dispatcher::new(methods, conn_id, sink);
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    let mut frames = FramedRead::new(read, BoundedLines::new(limits.max_message_bytes));
+    let mut shutting_down = false;
+    loop {
+        let frame = tokio::select! {
+            f = frames.next() => f,
+            _ = shutdown.wait_for(|s| *s) => { shutting_down = true; break }
+        };
+        let bytes = match frame {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(conn_id, error = %e, "connection read failed");
+                break;
+            }
+            Some(Ok(Line::TooLong(_))) => {
+                let msg = error_line(Id::Null, codes::INVALID_REQUEST_CODE, "request too large");
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Some(Ok(Line::Complete(b))) => b.freeze(),
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let d = dispatcher.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(reply) = d.handle_line(&bytes).await {
+                let _ = tx.send(reply).await;
+            }
+            drop(permit);
+        });
+    }
+    drop(dispatcher);
+    drop(tx);
+    if shutting_down {
+        // Every request read so far has queued its reply once its permit is back.
+        let all = in_flight.acquire_many(limits.max_in_flight as u32);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), all).await;
+        let _ = finish_tx.send(());
+    }
+    // Otherwise the writer ends once every reply in flight and every
+    // subscription has dropped its sender, or the client stops reading.
+    let _ = writer.await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Box<RawValue>>,
+    mut finish: oneshot::Receiver<()>,
+) {
+    let mut buf = Vec::with_capacity(8 * 1024);
+    loop {
+        let (first, finishing) = tokio::select! {
+            m = rx.recv() => (m, false),
+            Ok(()) = &mut finish => (None, true),
+        };
+        buf.clear();
+        if let Some(m) = first {
+            buf.extend_from_slice(m.get().as_bytes());
+            buf.push(b'\n');
+        } else if !finishing {
+            break;
+        }
+        while finishing || buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(m) => {
+                    buf.extend_from_slice(m.get().as_bytes());
+                    buf.push(b'\n');
+                }
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+        if finishing {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_err(text: &str) -> (i32, String) {
+        let json = match check(text) {
+            Ok(_) => panic!("accepted {text}"),
+            Err(e) => e.into_json(),
+        };
+        let v: serde_json::Value = serde_json::from_str(json.get()).unwrap();
+        (
+            v["error"]["code"].as_i64().unwrap() as i32,
+            v["id"].to_string(),
+        )
+    }
+
+    #[test]
+    fn envelope_errors() {
+        assert_eq!(check_err("{bad"), (-32700, "null".into()));
+        assert_eq!(check_err("42"), (-32600, "null".into()));
+        assert_eq!(
+            check_err(r#"{"jsonrpc":"1.0","id":7,"method":"x"}"#),
+            (-32600, "7".into())
+        );
+        assert_eq!(
+            check_err(r#"{"jsonrpc":"2.0","id":"a","method":5}"#),
+            (-32600, "\"a\"".into())
+        );
+        assert_eq!(
+            check_err(r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#),
+            (-32600, "null".into())
+        );
+        assert_eq!(
+            check_err(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#),
+            (-32600, "1".into())
+        );
+    }
+
+    #[test]
+    fn null_id_is_a_request_and_missing_id_a_notification() {
+        let c = check(r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#)
+            .ok()
+            .unwrap();
+        assert_eq!(c.id, Some(Id::Null));
+        let c = check(r#"{"jsonrpc":"2.0","method":"x"}"#).ok().unwrap();
+        assert_eq!(c.id, None);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_parse_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        let text = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{deep}}}"#);
+        assert!(check(&text).is_err());
+    }
+}

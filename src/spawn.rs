@@ -1,0 +1,348 @@
+//! Spawning extension hosts and signalling their process groups.
+//!
+//! Knows processes, paths and signals; knows nothing about host states,
+//! subscribers or JSON-RPC.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+use tokio::process::{Child, Command};
+
+/// Why a host could not be spawned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpawnError {
+    #[error(
+        "Node.js not found: tried {tried}; install Node.js, set `node` in the config, or bundle it beside the daemon"
+    )]
+    NodeNotFound { tried: String },
+    #[error("{path}: {source}")]
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+impl SpawnError {
+    /// The path the failure is about, for the client.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SpawnError::NodeNotFound { .. } => None,
+            SpawnError::Exec { path, .. } => Some(path),
+        }
+    }
+}
+
+/// The Rust target triple the seed used for bundled `node-<triple>` binaries.
+pub fn target_triple() -> String {
+    let os = match std::env::consts::OS {
+        "macos" => "apple-darwin",
+        "linux" => "unknown-linux-gnu",
+        "windows" => "pc-windows-msvc",
+        other => other,
+    };
+    format!("{}-{}", std::env::consts::ARCH, os)
+}
+
+fn node_file_name() -> &'static str {
+    if cfg!(windows) { "node.exe" } else { "node" }
+}
+
+/// Where Node comes from, in the seed's order after an explicit `node` path:
+/// `node-<triple>` beside the executable, `node` beside the executable,
+/// `$DSCODE_RESOURCE_PATH/node`, then `node` on `PATH`.
+///
+/// An explicit path is returned as is, even when it does not exist: spawning
+/// it then fails with a message naming it.
+pub fn resolve_node(
+    configured: Option<&Path>,
+    exe_dir: Option<&Path>,
+    resource_path: Option<&Path>,
+) -> Result<PathBuf, SpawnError> {
+    if let Some(p) = configured {
+        return Ok(p.to_path_buf());
+    }
+    let mut tried = Vec::new();
+    if let Some(dir) = exe_dir {
+        let ext = if cfg!(windows) { ".exe" } else { "" };
+        for name in [
+            format!("node-{}{ext}", target_triple()),
+            node_file_name().to_string(),
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+            tried.push(p.display().to_string());
+        }
+    }
+    if let Some(dir) = resource_path {
+        let p = dir.join(node_file_name());
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p.display().to_string());
+    }
+    match which::which("node") {
+        Ok(p) => Ok(p),
+        Err(_) => {
+            tried.push("`node` on PATH".into());
+            Err(SpawnError::NodeNotFound {
+                tried: tried.join(", "),
+            })
+        }
+    }
+}
+
+/// Everything needed to run one host process.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub node: PathBuf,
+    pub entry: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment of the child.
+    pub env: BTreeMap<OsString, OsString>,
+}
+
+/// A freshly spawned host: the child (stdout and stderr piped) and its process
+/// group id, which equals its pid.
+pub struct Spawned {
+    pub child: Child,
+    pub pid: u32,
+    pub pgid: i32,
+}
+
+/// Spawn `node <entry> [args…]` in a new process group with stdin null and
+/// stdout/stderr piped. The Node binary is never modified.
+pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
+    let mut cmd = Command::new(&spec.node);
+    cmd.arg(&spec.entry)
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let child = cmd.spawn().map_err(|source| SpawnError::Exec {
+        path: spec.node.clone(),
+        source: Arc::new(source),
+    })?;
+    let pid = child.id().ok_or_else(|| SpawnError::Exec {
+        path: spec.node.clone(),
+        source: Arc::new(io::Error::other("child exited before its pid was read")),
+    })?;
+    Ok(Spawned {
+        child,
+        pid,
+        pgid: pid as i32,
+    })
+}
+
+/// A signal the supervisor sends to a host's process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Term,
+    Kill,
+}
+
+/// Signal every process in group `pgid`. A group that is already gone is not
+/// an error.
+#[cfg(unix)]
+pub fn signal_group(pgid: i32, sig: StopSignal) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let s = match sig {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Kill => Signal::SIGKILL,
+    };
+    if pgid <= 1 {
+        return; // never signal "all processes" or init's group
+    }
+    match killpg(Pid::from_raw(pgid), s) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, signal = ?s, error = %e, "signalling process group failed"),
+    }
+}
+
+/// Whether any live (non-zombie) process is still in group `pgid`.
+///
+/// `killpg(pgid, 0)` answers "no" cheaply in the common case. When it says
+/// "yes" the members may all be zombies waiting for a reaper that never comes
+/// (an init that does not reap, as on this project's CI VMs), so on Linux
+/// `/proc` decides.
+#[cfg(unix)]
+pub fn group_alive(pgid: i32) -> bool {
+    use nix::sys::signal::killpg;
+    use nix::unistd::Pid;
+    if pgid <= 1 {
+        return false;
+    }
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        _ => live_group_members(pgid).map(|n| n > 0).unwrap_or(true),
+    }
+}
+
+/// Count the non-zombie processes of group `pgid` from `/proc`.
+#[cfg(target_os = "linux")]
+fn live_group_members(pgid: i32) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((state, pgrp)) = parse_stat_state_pgrp(&stat)
+            && pgrp == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn live_group_members(_pgid: i32) -> io::Result<usize> {
+    // No /proc: trust killpg, which counts zombies as members.
+    Ok(1)
+}
+
+/// From `/proc/<pid>/stat`: the state letter and the process group id. The
+/// command name is in parentheses and may itself contain spaces and `)`.
+pub fn parse_stat_state_pgrp(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// How a process ended, as the supervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitOutcome {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl From<std::process::ExitStatus> for ExitOutcome {
+    fn from(status: std::process::ExitStatus) -> Self {
+        #[cfg(unix)]
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        #[cfg(not(unix))]
+        let signal = None;
+        ExitOutcome {
+            code: status.code(),
+            signal,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exited with code {c}"),
+            (None, Some(s)) => write!(f, "killed by signal {s}"),
+            (None, None) => write!(f, "exited"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parsing_handles_odd_command_names() {
+        let s = "1234 (we ird) cmd)) S 1 1234 1234 0 -1 4194560 100";
+        assert_eq!(parse_stat_state_pgrp(s), Some(('S', 1234)));
+        assert_eq!(parse_stat_state_pgrp("1 (x) Z 0 7 7"), Some(('Z', 7)));
+        assert_eq!(parse_stat_state_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn explicit_node_path_wins_even_if_missing() {
+        let p = resolve_node(Some(Path::new("/nope/node")), None, None).unwrap();
+        assert_eq!(p, Path::new("/nope/node"));
+    }
+
+    #[test]
+    fn bundled_triple_beats_bundled_plain_beats_resource_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("bin");
+        let res = dir.path().join("res");
+        std::fs::create_dir_all(&exe).unwrap();
+        std::fs::create_dir_all(&res).unwrap();
+        std::fs::write(res.join(node_file_name()), "").unwrap();
+        assert_eq!(
+            resolve_node(None, Some(&exe), Some(&res)).unwrap(),
+            res.join(node_file_name())
+        );
+        std::fs::write(exe.join(node_file_name()), "").unwrap();
+        assert_eq!(
+            resolve_node(None, Some(&exe), Some(&res)).unwrap(),
+            exe.join(node_file_name())
+        );
+        let triple = exe.join(format!("node-{}", target_triple()));
+        std::fs::write(&triple, "").unwrap();
+        assert_eq!(resolve_node(None, Some(&exe), Some(&res)).unwrap(), triple);
+    }
+
+    #[test]
+    fn exit_outcome_reads_like_the_protocol_reasons() {
+        let e = ExitOutcome {
+            code: Some(3),
+            signal: None,
+        };
+        assert_eq!(e.to_string(), "exited with code 3");
+        let e = ExitOutcome {
+            code: None,
+            signal: Some(9),
+        };
+        assert_eq!(e.to_string(), "killed by signal 9");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn group_signal_reaches_grandchildren() {
+        let mut env = BTreeMap::new();
+        env.insert(OsString::from("PATH"), std::env::var_os("PATH").unwrap());
+        let spec = LaunchSpec {
+            node: "/bin/sh".into(),
+            entry: "-c".into(),
+            args: vec!["sleep 1000 & wait".into()],
+            cwd: "/".into(),
+            env,
+        };
+        let mut s = spawn(&spec).unwrap();
+        assert!(group_alive(s.pgid));
+        signal_group(s.pgid, StopSignal::Kill);
+        let status = s.child.wait().await.unwrap();
+        assert_eq!(ExitOutcome::from(status).signal, Some(9));
+        // The grandchild may linger as a zombie for a moment; wait with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while group_alive(s.pgid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "group survived SIGKILL"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}

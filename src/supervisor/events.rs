@@ -1,0 +1,232 @@
+//! The event bus: one daemon-wide sequence of state events, the latest status
+//! of every host, and lossless-or-told fan-out to subscribers.
+//!
+//! Publishing takes one short lock that assigns `seq`, updates the host's
+//! status and broadcasts, so every subscriber sees the same events in `seq`
+//! order, and a new subscriber's snapshot is exactly the state as of the `seq`
+//! it starts after.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::broadcast;
+
+use super::HostStatus;
+use crate::state::HostState;
+
+/// How many events a subscriber may fall behind before it is told it lagged.
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// What an event says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The state of one host when the subscription began.
+    Snapshot,
+    /// A state change.
+    Transition,
+    /// The host was removed from the daemon.
+    Removed,
+    /// The subscriber fell behind; its subscription ends with this event.
+    Lagged,
+}
+
+/// One event as subscribers receive it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateEvent {
+    pub kind: EventKind,
+    pub seq: u64,
+    pub extension_id: Option<String>,
+    pub from: Option<HostState>,
+    pub to: Option<HostState>,
+    pub generation: Option<u64>,
+    pub pid: Option<u32>,
+    pub reason: String,
+    pub at: String,
+    pub status: Option<HostStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+}
+
+impl StateEvent {
+    fn about(kind: EventKind, seq: u64, status: HostStatus, reason: String) -> Self {
+        StateEvent {
+            kind,
+            seq,
+            extension_id: Some(status.extension_id.clone()),
+            from: None,
+            to: Some(status.state),
+            generation: Some(status.generation),
+            pid: status.pid,
+            reason,
+            at: crate::time::rfc3339_now(),
+            status: Some(status),
+            missed: None,
+        }
+    }
+
+    /// The event that ends a subscription that fell `missed` events behind.
+    pub fn lagged(seq: u64, missed: u64) -> Self {
+        StateEvent {
+            kind: EventKind::Lagged,
+            seq,
+            extension_id: None,
+            from: None,
+            to: None,
+            generation: None,
+            pid: None,
+            reason: format!(
+                "subscriber fell {missed} events behind; the subscription has ended, subscribe again"
+            ),
+            at: crate::time::rfc3339_now(),
+            status: None,
+            missed: Some(missed),
+        }
+    }
+}
+
+/// An event on the bus: serialized once, shared by every subscriber.
+#[derive(Debug)]
+pub struct BusEvent {
+    pub seq: u64,
+    pub extension_id: String,
+    pub json: Box<RawValue>,
+}
+
+/// Which hosts a subscriber wants; `None` means all.
+pub type Filter = Option<HashSet<String>>;
+
+pub fn filter_matches(filter: &Filter, extension_id: &str) -> bool {
+    filter.as_ref().is_none_or(|f| f.contains(extension_id))
+}
+
+struct Inner {
+    seq: u64,
+    statuses: BTreeMap<String, HostStatus>,
+}
+
+/// See the module documentation.
+pub struct EventBus {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<BusEvent>>,
+}
+
+/// What a new subscriber starts from.
+pub struct Subscription {
+    /// One snapshot event per matching host, as of `seq`.
+    pub snapshot: Vec<StateEvent>,
+    /// Every event after `seq`.
+    pub events: broadcast::Receiver<Arc<BusEvent>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        EventBus {
+            inner: Mutex::new(Inner {
+                seq: 0,
+                statuses: BTreeMap::new(),
+            }),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record a state change and send it to every subscriber. Returns its seq.
+    pub fn transition(
+        &self,
+        from: HostState,
+        status: HostStatus,
+        reason: impl Into<String>,
+    ) -> u64 {
+        let mut event = StateEvent::about(EventKind::Transition, 0, status, reason.into());
+        event.from = Some(from);
+        self.publish(event, true)
+    }
+
+    /// Record that a host was removed.
+    pub fn removed(&self, status: HostStatus) -> u64 {
+        let event = StateEvent::about(EventKind::Removed, 0, status, "removed".into());
+        self.publish(event, false)
+    }
+
+    fn publish(&self, mut event: StateEvent, keep: bool) -> u64 {
+        let mut inner = self.lock();
+        inner.seq += 1;
+        event.seq = inner.seq;
+        let status = event.status.clone().expect("host events carry a status");
+        let id = status.extension_id.clone();
+        if keep {
+            inner.statuses.insert(id.clone(), status);
+        } else {
+            inner.statuses.remove(&id);
+        }
+        let json = serde_json::value::to_raw_value(&event).expect("events serialize");
+        // No receivers is fine: nobody is subscribed.
+        let _ = self.tx.send(Arc::new(BusEvent {
+            seq: event.seq,
+            extension_id: id,
+            json,
+        }));
+        event.seq
+    }
+
+    /// Update a host's status without an event (budget reset, registration).
+    pub fn set_status(&self, status: HostStatus) {
+        let mut inner = self.lock();
+        inner.statuses.insert(status.extension_id.clone(), status);
+    }
+
+    pub fn status(&self, extension_id: &str) -> Option<HostStatus> {
+        self.lock()
+            .statuses
+            .get(extension_id)
+            .map(HostStatus::with_uptime)
+    }
+
+    /// Every host, sorted by extension id.
+    pub fn list(&self) -> Vec<HostStatus> {
+        self.lock()
+            .statuses
+            .values()
+            .map(HostStatus::with_uptime)
+            .collect()
+    }
+
+    /// The last seq assigned.
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Start a subscription: a snapshot and a receiver, taken atomically.
+    pub fn subscribe(&self, filter: &Filter) -> Subscription {
+        let inner = self.lock();
+        let events = self.tx.subscribe();
+        let snapshot = inner
+            .statuses
+            .values()
+            .filter(|s| filter_matches(filter, &s.extension_id))
+            .map(|s| {
+                StateEvent::about(
+                    EventKind::Snapshot,
+                    inner.seq,
+                    s.with_uptime(),
+                    "snapshot".into(),
+                )
+            })
+            .collect();
+        Subscription { snapshot, events }
+    }
+}

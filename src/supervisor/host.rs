@@ -1,0 +1,619 @@
+//! One actor per host: the only owner of the host's child process, state
+//! machine and timers.
+//!
+//! The actor never blocks on a stop or a backoff: both are deadlines in its
+//! `select!` loop, so it keeps answering commands while a host is stopping
+//! (a second stop joins the first; a start is refused with the state).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio::process::Child;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::events::EventBus;
+use super::logs::{LogLine, LogRing, SharedLogRing, Stream};
+use super::{
+    HostSpec, HostStatus, LastExit, Registry, RestartBudget, StartRequest, SupervisorConfig,
+    SupervisorError, build_spec,
+};
+use crate::spawn::{self, ExitOutcome, LaunchSpec, StopSignal};
+use crate::state::{self, HostState, Input};
+
+/// Commands queued per host before senders wait.
+const COMMAND_QUEUE: usize = 32;
+/// How often a stopping host's process group is checked once its leader is
+/// gone. There is no event for "the last grandchild died" without cgroups.
+const GROUP_POLL: Duration = Duration::from_millis(5);
+/// How long after SIGKILL a group may take to empty before the stop gives up
+/// waiting (and says so in the log).
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
+
+enum Command {
+    Start(Box<StartRequest>, Reply<HostStatus>),
+    Stop(Option<Duration>, Reply<HostStatus>),
+    Restart(Reply<HostStatus>),
+    Remove(Reply<()>),
+}
+
+/// A cheap, cloneable way to reach a host's actor.
+#[derive(Clone)]
+pub struct HostHandle {
+    tx: mpsc::Sender<Command>,
+    logs: SharedLogRing,
+    /// Distinguishes this actor from a later one with the same id.
+    pub instance: u64,
+}
+
+impl HostHandle {
+    /// `None` when the actor is gone (the host was removed meanwhile).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Option<Result<T, SupervisorError>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn start(&self, req: StartRequest) -> Option<Result<HostStatus, SupervisorError>> {
+        self.ask(|r| Command::Start(Box::new(req), r)).await
+    }
+
+    pub async fn stop(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Option<Result<HostStatus, SupervisorError>> {
+        self.ask(|r| Command::Stop(timeout, r)).await
+    }
+
+    pub async fn restart(&self) -> Option<Result<HostStatus, SupervisorError>> {
+        self.ask(Command::Restart).await
+    }
+
+    pub async fn remove(&self) -> Option<Result<(), SupervisorError>> {
+        self.ask(Command::Remove).await
+    }
+
+    pub fn logs(&self, n: usize) -> Vec<LogLine> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).tail(n)
+    }
+}
+
+/// What an actor is built from.
+pub struct ActorParts {
+    pub id: Arc<str>,
+    pub instance: u64,
+    pub spec: HostSpec,
+    pub config: Arc<SupervisorConfig>,
+    pub bus: Arc<EventBus>,
+    pub registry: Weak<Registry>,
+    pub force_kill: watch::Receiver<bool>,
+}
+
+/// Start the actor task; it registers its initial `stopped` status.
+pub fn spawn_actor(parts: ActorParts) -> HostHandle {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let logs = Arc::new(Mutex::new(LogRing::new(parts.config.log_lines)));
+    let handle = HostHandle {
+        tx,
+        logs: logs.clone(),
+        instance: parts.instance,
+    };
+    let actor = HostActor {
+        id: parts.id,
+        instance: parts.instance,
+        spec: parts.spec,
+        config: parts.config,
+        bus: parts.bus,
+        registry: parts.registry,
+        force_kill: parts.force_kill,
+        rx,
+        logs,
+        state: HostState::Stopped,
+        generation: 0,
+        restart_count: 0,
+        attempts_used: 0,
+        child: None,
+        pid: None,
+        pgid: None,
+        started: None,
+        last_exit: None,
+        node: None,
+        restart_at: None,
+        stable_at: None,
+        stop: None,
+    };
+    actor.bus.set_status(actor.status());
+    tokio::spawn(actor.run());
+    handle
+}
+
+/// A stop in progress.
+struct Stopping {
+    /// SIGKILL the group at this time (cleared once sent).
+    kill_at: Option<Instant>,
+    /// Give up waiting for the group at this time (set when SIGKILL is sent).
+    give_up_at: Option<Instant>,
+    /// Check whether the group is empty at this time.
+    poll_at: Option<Instant>,
+    waiters: Vec<Reply<HostStatus>>,
+    /// `host.restart` calls to answer by starting again once stopped.
+    restarts: Vec<Reply<HostStatus>>,
+}
+
+struct HostActor {
+    id: Arc<str>,
+    instance: u64,
+    spec: HostSpec,
+    config: Arc<SupervisorConfig>,
+    bus: Arc<EventBus>,
+    registry: Weak<Registry>,
+    force_kill: watch::Receiver<bool>,
+    rx: mpsc::Receiver<Command>,
+    logs: SharedLogRing,
+
+    state: HostState,
+    generation: u64,
+    /// Automatic restarts performed over the host's life.
+    restart_count: u64,
+    /// Restart budget used since the last reset.
+    attempts_used: u32,
+    child: Option<Child>,
+    pid: Option<u32>,
+    /// The host's process group, kept until the group is known to be empty.
+    pgid: Option<i32>,
+    started: Option<(SystemTime, Instant)>,
+    last_exit: Option<LastExit>,
+    node: Option<String>,
+    restart_at: Option<(Instant, SystemTime)>,
+    stable_at: Option<Instant>,
+    stop: Option<Stopping>,
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_opt(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match child {
+        Some(c) => c.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Earliest of the optional deadlines.
+fn earliest(times: &[Option<Instant>]) -> Option<Instant> {
+    times.iter().flatten().min().copied()
+}
+
+impl HostActor {
+    async fn run(mut self) {
+        loop {
+            let stop_at = self
+                .stop
+                .as_ref()
+                .and_then(|s| earliest(&[s.kill_at, s.give_up_at, s.poll_at]));
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Remove(reply)) => {
+                        if self.state.is_at_rest() {
+                            self.remove_self();
+                            let _ = reply.send(Ok(()));
+                            return;
+                        }
+                        let _ = reply.send(Err(self.invalid()));
+                    }
+                    Some(cmd) => self.handle(cmd),
+                    None => {
+                        // Every handle is gone: never leave a process behind.
+                        if let Some(pgid) = self.pgid {
+                            spawn::signal_group(pgid, StopSignal::Kill);
+                        }
+                        return;
+                    }
+                },
+                res = wait_opt(&mut self.child) => self.on_exit(res),
+                () = sleep_opt(self.restart_at.map(|r| r.0)) => self.on_backoff_elapsed(),
+                () = sleep_opt(self.stable_at) => self.on_stable(),
+                () = sleep_opt(stop_at) => self.on_stop_timer(),
+                Ok(()) = self.force_kill.changed() => {
+                    if *self.force_kill.borrow_and_update() {
+                        self.kill_now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Start(req, reply) => {
+                let r = match build_spec(&self.config, &req, Some(&self.spec)) {
+                    Err(e) => Err(e),
+                    Ok(_) if !self.state.is_at_rest() => Err(self.invalid()),
+                    Ok(spec) => {
+                        self.spec = spec;
+                        self.attempts_used = 0;
+                        self.start("start requested")
+                    }
+                };
+                let _ = reply.send(r);
+            }
+            Command::Stop(timeout, reply) => self.request_stop(timeout, reply),
+            Command::Restart(reply) => match self.state {
+                HostState::Stopped | HostState::Crashed | HostState::Restarting => {
+                    self.restart_at = None;
+                    self.attempts_used = 0;
+                    let _ = reply.send(self.start("restart requested"));
+                }
+                HostState::Stopping => {
+                    if let Some(s) = &mut self.stop {
+                        s.restarts.push(reply);
+                    }
+                }
+                _ => {
+                    let (tx, _rx) = oneshot::channel();
+                    self.request_stop(None, tx);
+                    if let Some(s) = &mut self.stop {
+                        s.restarts.push(reply);
+                    } else {
+                        // The stop completed at once (nothing was running).
+                        self.attempts_used = 0;
+                        let _ = reply.send(self.start("restart requested"));
+                    }
+                }
+            },
+            Command::Remove(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn invalid(&self) -> SupervisorError {
+        SupervisorError::InvalidTransition {
+            extension_id: self.id.to_string(),
+            state: self.state,
+        }
+    }
+
+    fn status(&self) -> HostStatus {
+        let max = self.spec.restart.max_attempts;
+        HostStatus {
+            extension_id: self.id.to_string(),
+            state: self.state,
+            pid: self.pid,
+            generation: self.generation,
+            restart_count: self.restart_count,
+            restart_budget: RestartBudget {
+                max_attempts: max,
+                attempts_left: max.saturating_sub(self.attempts_used),
+            },
+            next_restart_at: self.restart_at.map(|r| crate::time::rfc3339(r.1)),
+            started_at: self.started.map(|s| crate::time::rfc3339(s.0)),
+            uptime_ms: self.started.map(|s| crate::time::millis(s.1.elapsed())),
+            last_exit: self.last_exit.clone(),
+            entry: self.spec.entry.display().to_string(),
+            node: self.node.clone(),
+            started_instant: self.started.map(|s| s.1.into_std()),
+        }
+    }
+
+    /// Apply `input`; publish the transition if the state changed.
+    fn apply(&mut self, input: Input, reason: impl Into<String>) -> bool {
+        match state::step(self.state, input) {
+            Ok(to) if to == self.state => false,
+            Ok(to) => {
+                let from = self.state;
+                self.state = to;
+                let reason = reason.into();
+                tracing::info!(extension_id = %self.id, %from, %to, %reason, "state change");
+                self.bus.transition(from, self.status(), reason);
+                true
+            }
+            Err(e) => {
+                tracing::error!(extension_id = %self.id, error = %e, "rejected state transition");
+                false
+            }
+        }
+    }
+
+    fn launch_spec(&self, node: std::path::PathBuf) -> LaunchSpec {
+        let mut env: BTreeMap<OsString, OsString> = self.config.base_env.clone();
+        for (k, v) in &self.spec.env {
+            env.insert(k.into(), v.into());
+        }
+        let (outgoing, incoming) = ipc_paths(&self.config.runtime_dir, &self.id);
+        env.insert(
+            "DSCODE_IPC_URL".into(),
+            format!("ipc://{}", outgoing.display()).into(),
+        );
+        env.insert(
+            "DSCODE_INCOMING_IPC_URL".into(),
+            format!("ipc://{}", incoming.display()).into(),
+        );
+        if let Some(rp) = &self.config.resource_path {
+            env.insert("DSCODE_RESOURCE_PATH".into(), rp.clone().into_os_string());
+        }
+        let cwd = self.spec.cwd.clone().unwrap_or_else(|| {
+            self.spec
+                .entry
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| "/".into())
+        });
+        LaunchSpec {
+            node,
+            entry: self.spec.entry.clone(),
+            args: self.spec.args.clone(),
+            cwd,
+            env,
+        }
+    }
+
+    /// From `stopped`, `crashed` or `restarting`: go through `starting` to
+    /// `running`, or to `crashed` if the spawn fails.
+    fn start(&mut self, reason: &str) -> Result<HostStatus, SupervisorError> {
+        self.restart_at = None;
+        if !self.apply(Input::Start, reason) {
+            return Err(self.invalid());
+        }
+        self.spawn_in_starting()
+    }
+
+    fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
+        let spawned = spawn::resolve_node(
+            self.config.node.as_deref(),
+            self.config.exe_dir.as_deref(),
+            self.config.resource_path.as_deref(),
+        )
+        .and_then(|node| {
+            self.node = Some(node.display().to_string());
+            spawn::spawn(&self.launch_spec(node))
+        });
+        match spawned {
+            Ok(mut s) => {
+                self.generation += 1;
+                self.pid = Some(s.pid);
+                self.pgid = Some(s.pgid);
+                self.started = Some((SystemTime::now(), Instant::now()));
+                self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
+                let max = self.config.log_line_bytes;
+                if let Some(out) = s.child.stdout.take() {
+                    tokio::spawn(super::logs::pump(
+                        out,
+                        Stream::Stdout,
+                        self.id.clone(),
+                        self.logs.clone(),
+                        max,
+                    ));
+                }
+                if let Some(err) = s.child.stderr.take() {
+                    tokio::spawn(super::logs::pump(
+                        err,
+                        Stream::Stderr,
+                        self.id.clone(),
+                        self.logs.clone(),
+                        max,
+                    ));
+                }
+                self.child = Some(s.child);
+                self.apply(Input::Spawned, format!("spawned pid {}", s.pid));
+                Ok(self.status())
+            }
+            Err(e) => {
+                tracing::error!(extension_id = %self.id, error = %e, "spawn failed");
+                self.apply(Input::SpawnFailed, format!("spawn failed: {e}"));
+                Err(SupervisorError::Spawn {
+                    extension_id: self.id.to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+
+    fn on_exit(&mut self, res: std::io::Result<std::process::ExitStatus>) {
+        let outcome = match res {
+            Ok(status) => ExitOutcome::from(status),
+            Err(e) => {
+                tracing::error!(extension_id = %self.id, error = %e, "waiting for the host failed");
+                ExitOutcome {
+                    code: None,
+                    signal: None,
+                }
+            }
+        };
+        self.child = None;
+        self.pid = None;
+        self.started = None;
+        self.stable_at = None;
+        self.last_exit = Some(LastExit {
+            code: outcome.code,
+            signal: outcome.signal,
+            at: crate::time::rfc3339_now(),
+        });
+        if self.state == HostState::Stopping {
+            if let Some(s) = &mut self.stop {
+                s.poll_at = Some(Instant::now());
+            }
+            return;
+        }
+        // Unrequested exit: the group's leftovers go with it.
+        if let Some(pgid) = self.pgid.take() {
+            spawn::signal_group(pgid, StopSignal::Kill);
+        }
+        tracing::warn!(extension_id = %self.id, "{outcome}");
+        self.apply(Input::ExitedUnexpectedly, outcome.to_string());
+        let policy = self.spec.restart;
+        if self.attempts_used < policy.max_attempts {
+            let delay = policy.backoff_for(self.attempts_used);
+            self.attempts_used += 1;
+            self.restart_at = Some((Instant::now() + delay, SystemTime::now() + delay));
+            self.apply(
+                Input::RetryWithinBudget,
+                format!(
+                    "restarting in {} ms (attempt {} of {})",
+                    crate::time::millis(delay),
+                    self.attempts_used,
+                    policy.max_attempts
+                ),
+            );
+        } else {
+            self.apply(Input::BudgetExhausted, "restart budget exhausted");
+        }
+    }
+
+    fn on_backoff_elapsed(&mut self) {
+        self.restart_at = None;
+        if self.state != HostState::Restarting {
+            return;
+        }
+        self.restart_count += 1;
+        if self.apply(Input::BackoffElapsed, "backoff elapsed") {
+            // A failure is published as `crashed`; nobody waits for this one.
+            let _ = self.spawn_in_starting();
+        }
+    }
+
+    fn on_stable(&mut self) {
+        self.stable_at = None;
+        if self.state == HostState::Running && self.attempts_used > 0 {
+            tracing::info!(extension_id = %self.id, "running stably; restart budget restored");
+            self.attempts_used = 0;
+            self.bus.set_status(self.status());
+        }
+    }
+
+    fn request_stop(&mut self, timeout: Option<Duration>, reply: Reply<HostStatus>) {
+        match self.state {
+            HostState::Stopped => {
+                let _ = reply.send(Ok(self.status()));
+                return;
+            }
+            HostState::Stopping => {
+                if let Some(s) = &mut self.stop {
+                    s.waiters.push(reply);
+                }
+                return;
+            }
+            _ => {}
+        }
+        self.restart_at = None;
+        self.stable_at = None;
+        let timeout = timeout.unwrap_or(self.spec.stop_timeout);
+        let mut stopping = Stopping {
+            kill_at: None,
+            give_up_at: None,
+            poll_at: None,
+            waiters: vec![reply],
+            restarts: Vec::new(),
+        };
+        if let Some(pgid) = self.pgid {
+            spawn::signal_group(pgid, StopSignal::Term);
+            stopping.kill_at = Some(Instant::now() + timeout);
+            if self.child.is_none() {
+                stopping.poll_at = Some(Instant::now());
+            }
+        }
+        let nothing_to_wait_for = self.pgid.is_none();
+        self.stop = Some(stopping);
+        self.apply(Input::Stop, "stop requested");
+        if nothing_to_wait_for {
+            self.finish_stop();
+        }
+    }
+
+    fn on_stop_timer(&mut self) {
+        let now = Instant::now();
+        let Some(s) = &mut self.stop else { return };
+        if s.kill_at.is_some_and(|t| t <= now) {
+            s.kill_at = None;
+            s.give_up_at = Some(now + KILL_GRACE);
+            if let Some(pgid) = self.pgid {
+                tracing::warn!(extension_id = %self.id, pgid, "stop timeout passed; sending SIGKILL to the process group");
+                spawn::signal_group(pgid, StopSignal::Kill);
+            }
+        }
+        if s.poll_at.is_some_and(|t| t <= now) {
+            s.poll_at = None;
+            if self.child.is_none() {
+                if self.pgid.is_none_or(|g| !spawn::group_alive(g)) {
+                    self.finish_stop();
+                    return;
+                }
+                s.poll_at = Some(now + GROUP_POLL);
+            }
+        }
+        if s.give_up_at.is_some_and(|t| t <= now) && self.child.is_none() {
+            tracing::error!(extension_id = %self.id, pgid = ?self.pgid, "process group still not empty after SIGKILL; giving up waiting");
+            self.finish_stop();
+        }
+    }
+
+    /// The second SIGINT of a shutdown: SIGKILL the group now.
+    fn kill_now(&mut self) {
+        if let (Some(pgid), Some(s)) = (self.pgid, &mut self.stop) {
+            spawn::signal_group(pgid, StopSignal::Kill);
+            s.kill_at = None;
+            s.give_up_at = Some(Instant::now() + KILL_GRACE);
+        }
+    }
+
+    fn finish_stop(&mut self) {
+        self.pgid = None;
+        let reason = match &self.last_exit {
+            Some(e) if self.generation > 0 => format!(
+                "stopped ({})",
+                ExitOutcome {
+                    code: e.code,
+                    signal: e.signal
+                }
+            ),
+            _ => "stopped".to_string(),
+        };
+        self.apply(Input::GroupGone, reason);
+        let Some(stop) = self.stop.take() else { return };
+        for w in stop.waiters {
+            let _ = w.send(Ok(self.status()));
+        }
+        if !stop.restarts.is_empty() {
+            self.attempts_used = 0;
+            let r = self.start("restart requested");
+            for w in stop.restarts {
+                let _ = w.send(r.clone());
+            }
+        }
+    }
+
+    fn remove_self(&mut self) {
+        self.bus.removed(self.status());
+        if let Some(reg) = self.registry.upgrade() {
+            reg.remove_instance(&self.id, self.instance);
+        }
+        tracing::info!(extension_id = %self.id, "host removed");
+    }
+}
+
+/// The per-host IPC socket paths under the runtime dir: where the host listens
+/// (`DSCODE_IPC_URL`) and where the daemon listens (`DSCODE_INCOMING_IPC_URL`).
+/// Named by a hash of the id so they fit the 108-byte socket path limit.
+pub fn ipc_paths(
+    runtime_dir: &Path,
+    extension_id: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let digest = Sha256::digest(extension_id.as_bytes());
+    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = runtime_dir.join("ipc");
+    (
+        dir.join(format!("{short}.host.sock")),
+        dir.join(format!("{short}.daemon.sock")),
+    )
+}

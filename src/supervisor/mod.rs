@@ -1,0 +1,570 @@
+//! The supervisor: a registry of host actors and the event bus they publish to.
+//!
+//! Each host is owned by one tokio task ([`host`]) that holds its child
+//! process, its state machine and its timers. Everything here talks to those
+//! tasks through [`host::HostHandle`]s over bounded channels; status and list
+//! are read from the bus, so they never wait behind a host that is stopping or
+//! backing off.
+
+pub mod events;
+pub mod host;
+pub mod logs;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::spawn::SpawnError;
+use crate::state::HostState;
+use events::{EventBus, Filter, Subscription};
+use host::HostHandle;
+use logs::LogLine;
+
+/// Errors of the supervisor domain. The RPC layer maps each to its code.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("unknown extension host: {0}")]
+    UnknownHost(String),
+    #[error("invalid state transition: host {extension_id} is {state}")]
+    InvalidTransition {
+        extension_id: String,
+        state: HostState,
+    },
+    #[error("spawn failed: {source}")]
+    Spawn {
+        extension_id: String,
+        #[source]
+        source: SpawnError,
+    },
+    #[error("{field}: {reason}")]
+    InvalidSpec { field: &'static str, reason: String },
+    #[error("daemon is shutting down")]
+    ShuttingDown,
+}
+
+/// When and how often a host that exits unexpectedly is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed before the host is left `crashed`.
+    pub max_attempts: u32,
+    /// Backoff before restart `n` (0-based) is `backoff · 2^n`…
+    pub backoff: Duration,
+    /// …capped at this.
+    pub max_backoff: Duration,
+    /// Continuous running time after which the budget is restored.
+    pub stable_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    /// The seed's: 3 attempts, 1 s / 2 s / 4 s, reset after 5 s up.
+    fn default() -> Self {
+        RestartPolicy {
+            max_attempts: 3,
+            backoff: Duration::from_millis(1000),
+            max_backoff: Duration::from_millis(30_000),
+            stable_after: Duration::from_millis(5000),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before restart number `attempt` (0-based).
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.backoff
+            .checked_mul(factor)
+            .unwrap_or(Duration::MAX)
+            .min(self.max_backoff)
+    }
+}
+
+/// What to run for one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub entry: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub restart: RestartPolicy,
+    pub stop_timeout: Duration,
+}
+
+/// `host.start`'s request, before defaults are applied.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub extension_id: String,
+    pub entry: Option<PathBuf>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub cwd: Option<PathBuf>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<Duration>,
+    pub max_backoff: Option<Duration>,
+    pub stable_after: Option<Duration>,
+    pub stop_timeout: Option<Duration>,
+}
+
+/// The restart budget as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartBudget {
+    pub max_attempts: u32,
+    pub attempts_left: u32,
+}
+
+/// How the last process of a host ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub at: String,
+}
+
+/// A host as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub extension_id: String,
+    pub state: HostState,
+    pub pid: Option<u32>,
+    pub generation: u64,
+    pub restart_count: u64,
+    pub restart_budget: RestartBudget,
+    pub next_restart_at: Option<String>,
+    pub started_at: Option<String>,
+    pub uptime_ms: Option<u64>,
+    pub last_exit: Option<LastExit>,
+    pub entry: String,
+    pub node: Option<String>,
+    /// When the current process started, for `uptime_ms`.
+    #[serde(skip)]
+    pub started_instant: Option<Instant>,
+}
+
+impl HostStatus {
+    /// A copy with `uptime_ms` computed for now.
+    pub fn with_uptime(&self) -> HostStatus {
+        let mut s = self.clone();
+        s.uptime_ms = s.started_instant.map(|t| crate::time::millis(t.elapsed()));
+        s
+    }
+}
+
+/// Settings that apply to every host, from the config.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// `node` from the config: overrides the search.
+    pub node: Option<PathBuf>,
+    /// Directory of the daemon executable, for bundled Node.
+    pub exe_dir: Option<PathBuf>,
+    /// `DSCODE_RESOURCE_PATH` as the seed computed it.
+    pub resource_path: Option<PathBuf>,
+    /// Where per-host IPC sockets live (the socket's directory).
+    pub runtime_dir: PathBuf,
+    /// The environment hosts inherit.
+    pub base_env: BTreeMap<OsString, OsString>,
+    pub restart: RestartPolicy,
+    pub stop_timeout: Duration,
+    pub log_lines: usize,
+    pub log_line_bytes: usize,
+}
+
+impl SupervisorConfig {
+    /// Defaults suitable for tests: inherit this process's environment.
+    pub fn new(runtime_dir: PathBuf) -> Self {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let resource_path = std::env::var_os("DSCODE_RESOURCE_PATH")
+            .map(PathBuf::from)
+            .or_else(|| {
+                exe_dir
+                    .as_ref()
+                    .map(|d| d.join("resources"))
+                    .filter(|p| p.is_dir())
+            });
+        SupervisorConfig {
+            node: None,
+            exe_dir,
+            resource_path,
+            runtime_dir,
+            base_env: std::env::vars_os().collect(),
+            restart: RestartPolicy::default(),
+            stop_timeout: Duration::from_millis(5000),
+            log_lines: 1000,
+            log_line_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Extension ids: `^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$`, no `..`.
+pub fn validate_extension_id(id: &str) -> Result<(), SupervisorError> {
+    let bad = |reason: &str| SupervisorError::InvalidSpec {
+        field: "extensionId",
+        reason: reason.into(),
+    };
+    let bytes = id.as_bytes();
+    if bytes.is_empty() || bytes.len() > 256 {
+        return Err(bad("must be 1 to 256 characters"));
+    }
+    if !bytes[0].is_ascii_alphanumeric() {
+        return Err(bad("must start with a letter or digit"));
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad("may contain only letters, digits, '.', '_' and '-'"));
+    }
+    if id.contains("..") {
+        return Err(bad("must not contain '..'"));
+    }
+    Ok(())
+}
+
+fn validate_entry(entry: &Path) -> Result<(), SupervisorError> {
+    let bad = |reason: String| SupervisorError::InvalidSpec {
+        field: "entry",
+        reason,
+    };
+    if !entry.is_absolute() {
+        return Err(bad(format!(
+            "must be an absolute path: {}",
+            entry.display()
+        )));
+    }
+    match std::fs::metadata(entry) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(bad(format!("not a regular file: {}", entry.display()))),
+        Err(e) => Err(bad(format!("{}: {e}", entry.display()))),
+    }
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
+    for (k, v) in env {
+        let reason = if k.is_empty() {
+            Some("keys must not be empty".to_string())
+        } else if k.contains('=') || k.contains('\0') {
+            Some(format!("key {k:?} must not contain '=' or NUL"))
+        } else if v.contains('\0') {
+            Some(format!("value of {k:?} must not contain NUL"))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(SupervisorError::InvalidSpec {
+                field: "env",
+                reason,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// See the module documentation.
+pub struct Supervisor {
+    config: Arc<SupervisorConfig>,
+    bus: Arc<EventBus>,
+    registry: Arc<Registry>,
+    shutting_down: AtomicBool,
+    force_kill: watch::Sender<bool>,
+}
+
+/// The map of live host actors, shared with the actors so a removed host can
+/// take itself out.
+#[derive(Default)]
+pub struct Registry {
+    hosts: Mutex<HashMap<String, HostHandle>>,
+    next_instance: AtomicU64,
+}
+
+impl Registry {
+    fn get(&self, id: &str) -> Option<HostHandle> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Remove `id` if it is still the actor `instance`.
+    pub fn remove_instance(&self, id: &str, instance: u64) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if hosts.get(id).is_some_and(|h| h.instance == instance) {
+            hosts.remove(id);
+        }
+    }
+
+    fn all(&self) -> Vec<HostHandle> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Supervisor {
+    pub fn new(config: SupervisorConfig) -> Arc<Self> {
+        let (force_kill, _) = watch::channel(false);
+        Arc::new(Supervisor {
+            config: Arc::new(config),
+            bus: Arc::new(EventBus::new()),
+            registry: Arc::new(Registry::default()),
+            shutting_down: AtomicBool::new(false),
+            force_kill,
+        })
+    }
+
+    pub fn config(&self) -> &SupervisorConfig {
+        &self.config
+    }
+
+    fn check_running(&self) -> Result<(), SupervisorError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            Err(SupervisorError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The spec a start request asks for: a new `entry` starts from the config's
+/// defaults, an omitted one reuses `prev`; the request's other fields override.
+pub fn build_spec(
+    config: &SupervisorConfig,
+    req: &StartRequest,
+    prev: Option<&HostSpec>,
+) -> Result<HostSpec, SupervisorError> {
+    {
+        let base = match (&req.entry, prev) {
+            (Some(entry), _) => HostSpec {
+                entry: entry.clone(),
+                args: Vec::new(),
+                env: BTreeMap::new(),
+                cwd: None,
+                restart: config.restart,
+                stop_timeout: config.stop_timeout,
+            },
+            (None, Some(prev)) => prev.clone(),
+            (None, None) => {
+                return Err(SupervisorError::InvalidSpec {
+                    field: "entry",
+                    reason: "required when starting a new host".into(),
+                });
+            }
+        };
+        let mut spec = base;
+        if let Some(a) = &req.args {
+            spec.args = a.clone();
+        }
+        if let Some(e) = &req.env {
+            spec.env = e.clone();
+        }
+        if let Some(c) = &req.cwd {
+            spec.cwd = Some(c.clone());
+        }
+        let r = &mut spec.restart;
+        r.max_attempts = req.max_attempts.unwrap_or(r.max_attempts);
+        r.backoff = req.backoff.unwrap_or(r.backoff);
+        r.max_backoff = req.max_backoff.unwrap_or(r.max_backoff);
+        r.stable_after = req.stable_after.unwrap_or(r.stable_after);
+        spec.stop_timeout = req.stop_timeout.unwrap_or(spec.stop_timeout);
+        validate_entry(&spec.entry)?;
+        validate_env(&spec.env)?;
+        if let Some(cwd) = &spec.cwd
+            && !cwd.is_dir()
+        {
+            return Err(SupervisorError::InvalidSpec {
+                field: "cwd",
+                reason: format!("not a directory: {}", cwd.display()),
+            });
+        }
+        Ok(spec)
+    }
+}
+
+impl Supervisor {
+    /// Register (if new) and start a host. Returns once it is spawned.
+    pub async fn start(&self, req: StartRequest) -> Result<HostStatus, SupervisorError> {
+        self.check_running()?;
+        validate_extension_id(&req.extension_id)?;
+        // A host removed between lookup and send is simply registered anew.
+        for _ in 0..3 {
+            let handle = match self.registry.get(&req.extension_id) {
+                Some(h) => h,
+                None => {
+                    let spec = build_spec(&self.config, &req, None)?;
+                    self.register(&req.extension_id, spec.clone())
+                }
+            };
+            match handle.start(req.clone()).await {
+                Some(r) => return r,
+                None => continue,
+            }
+        }
+        Err(SupervisorError::UnknownHost(req.extension_id))
+    }
+
+    fn register(&self, id: &str, spec: HostSpec) -> HostHandle {
+        let mut hosts = self
+            .registry
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = hosts.get(id) {
+            return h.clone();
+        }
+        let instance = self.registry.next_instance.fetch_add(1, Ordering::Relaxed);
+        let handle = host::spawn_actor(host::ActorParts {
+            id: id.into(),
+            instance,
+            spec,
+            config: self.config.clone(),
+            bus: self.bus.clone(),
+            registry: Arc::downgrade(&self.registry),
+            force_kill: self.force_kill.subscribe(),
+        });
+        hosts.insert(id.to_string(), handle.clone());
+        handle
+    }
+
+    fn handle(&self, id: &str) -> Result<HostHandle, SupervisorError> {
+        self.registry
+            .get(id)
+            .ok_or_else(|| SupervisorError::UnknownHost(id.to_string()))
+    }
+
+    /// Stop a host: SIGTERM to its group, SIGKILL after the timeout. Returns
+    /// once the group is empty.
+    pub async fn stop(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<HostStatus, SupervisorError> {
+        self.check_running()?;
+        self.handle(id)?
+            .stop(timeout)
+            .await
+            .ok_or_else(|| SupervisorError::UnknownHost(id.into()))?
+    }
+
+    /// Stop if running, then start again with a fresh restart budget.
+    pub async fn restart(&self, id: &str) -> Result<HostStatus, SupervisorError> {
+        self.check_running()?;
+        self.handle(id)?
+            .restart()
+            .await
+            .ok_or_else(|| SupervisorError::UnknownHost(id.into()))?
+    }
+
+    /// Forget a `stopped` or `crashed` host.
+    pub async fn remove(&self, id: &str) -> Result<(), SupervisorError> {
+        self.check_running()?;
+        self.handle(id)?
+            .remove()
+            .await
+            .ok_or_else(|| SupervisorError::UnknownHost(id.into()))?
+    }
+
+    pub fn status(&self, id: &str) -> Result<HostStatus, SupervisorError> {
+        self.bus
+            .status(id)
+            .ok_or_else(|| SupervisorError::UnknownHost(id.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<HostStatus> {
+        self.bus.list()
+    }
+
+    /// The newest `n` output lines of a host.
+    pub fn logs(&self, id: &str, n: usize) -> Result<Vec<LogLine>, SupervisorError> {
+        Ok(self.handle(id)?.logs(n))
+    }
+
+    pub fn subscribe(&self, filter: &Filter) -> Subscription {
+        self.bus.subscribe(filter)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new work and stop every host concurrently, each with its own
+    /// stop timeout, all within `deadline`. Whatever is left then is killed.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let hosts = self.registry.all();
+        let mut set = tokio::task::JoinSet::new();
+        for h in hosts {
+            set.spawn(async move { h.stop(None).await });
+        }
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!("shutdown deadline passed; killing the remaining hosts");
+            self.kill_all_now();
+            let rest = async { while set.join_next().await.is_some() {} };
+            if tokio::time::timeout(Duration::from_secs(5), rest)
+                .await
+                .is_err()
+            {
+                tracing::error!("some hosts did not exit after SIGKILL");
+            }
+        }
+    }
+
+    /// SIGKILL every host's process group at once (a second SIGINT).
+    pub fn kill_all_now(&self) {
+        self.force_kill.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extension_ids() {
+        for ok in ["a", "ms-python.python", "A_b-9", &"x".repeat(256)] {
+            assert!(validate_extension_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a..b", "a/b", "a b", "é", &"x".repeat(257)] {
+            assert!(validate_extension_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RestartPolicy {
+            max_attempts: 10,
+            backoff: Duration::from_millis(1000),
+            max_backoff: Duration::from_millis(5000),
+            stable_after: Duration::from_secs(5),
+        };
+        let got: Vec<u64> = (0..5)
+            .map(|i| p.backoff_for(i).as_millis() as u64)
+            .collect();
+        assert_eq!(got, [1000, 2000, 4000, 5000, 5000]);
+        assert_eq!(p.backoff_for(200), Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn env_keys_are_checked() {
+        let mut env = BTreeMap::new();
+        env.insert("A=B".to_string(), "x".to_string());
+        assert!(matches!(
+            validate_env(&env),
+            Err(SupervisorError::InvalidSpec { field: "env", .. })
+        ));
+        env.clear();
+        env.insert(String::new(), "x".into());
+        assert!(validate_env(&env).is_err());
+    }
+}
