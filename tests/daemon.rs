@@ -1,0 +1,222 @@
+//! The daemon process: shutdown, single instance, stale socket, permissions.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_every_host_removes_the_socket_and_exits_0() {
+    timed(async {
+        let mut d = Daemon::start();
+        let mut c = d.client().await;
+        let mut pids = Vec::new();
+        for (id, fx) in [
+            ("acme.a", "print-lines.js"),
+            ("acme.b", "fork-grandchild.js"),
+            ("acme.c", "ignore-sigterm.js"),
+        ] {
+            let mut p = start_params(&d, id, fx, &[]);
+            p["stopTimeoutMs"] = json!(500);
+            pids.push(c.ok("host.start", p).await["pid"].as_i64().unwrap() as i32);
+        }
+        eventually(Duration::from_secs(10), "grandchild started", || {
+            marker_pids(&d.marker).len() >= 5
+        })
+        .await;
+        signal(d.pid(), SIGTERM);
+        let status = d.wait_exit(Duration::from_secs(12)).await;
+        assert_eq!(status.code(), Some(0), "{}", d.log_text());
+        assert!(!d.socket.exists(), "socket left behind");
+        assert_eq!(
+            marker_pids(&d.marker),
+            Vec::<i32>::new(),
+            "hosts left running"
+        );
+        for pid in pids {
+            assert!(!process_alive(pid));
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_shutdown_method_replies_then_exits_0() {
+    timed(async {
+        let mut d = Daemon::start();
+        let mut c = d.client().await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.a", "print-lines.js", &[]),
+        )
+        .await;
+        assert_eq!(
+            c.ok("daemon.shutdown", json!({})).await,
+            json!({"ok": true})
+        );
+        assert_eq!(d.wait_exit(Duration::from_secs(12)).await.code(), Some(0));
+        assert!(!d.socket.exists());
+        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_shutdown_get_32005_and_a_second_sigint_kills_at_once() {
+    timed(async {
+        let mut d = Daemon::start();
+        let mut c = d.client().await;
+        let mut p = start_params(&d, "acme.stubborn", "ignore-sigterm.js", &[]);
+        p["stopTimeoutMs"] = json!(8000);
+        c.ok("host.start", p).await;
+        // Let node install its SIGTERM handler before the daemon signals it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = c
+                .ok("host.logs", json!({"extensionId": "acme.stubborn"}))
+                .await;
+            if logs["lines"].to_string().contains("ready") {
+                break;
+            }
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        signal(d.pid(), SIGINT);
+        d.wait_for_log("shutting down", Duration::from_secs(5));
+        let e = c
+            .err(
+                "host.start",
+                start_params(&d, "acme.late", "print-lines.js", &[]),
+            )
+            .await;
+        assert_eq!(e.code, -32005);
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.stubborn"}))
+            .await;
+        assert_eq!(
+            st["state"], "stopping",
+            "status still answers during shutdown"
+        );
+        let t0 = Instant::now();
+        signal(d.pid(), SIGINT);
+        let status = d.wait_exit(Duration::from_secs(5)).await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "second SIGINT did not kill at once"
+        );
+        assert_eq!(status.code(), Some(0));
+        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_a_live_socket_exits_nonzero() {
+    timed(async {
+        let d = Daemon::start();
+        let mut second = Daemon::spawn(DaemonOpts {
+            dir: Some(d.dir.clone()),
+            ..Default::default()
+        });
+        let status = second.wait_exit(Duration::from_secs(10)).await;
+        assert_ne!(status.code(), Some(0));
+        let log = second.log_text();
+        assert!(
+            log.contains(d.socket.to_str().unwrap()),
+            "message does not name the socket: {log}"
+        );
+        assert!(log.contains("already running"), "{log}");
+        // The first is unharmed.
+        d.client().await.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_reclaimed() {
+    timed(async {
+        let mut first = Daemon::start();
+        signal(first.pid(), SIGKILL);
+        first.wait_exit(Duration::from_secs(5)).await;
+        assert!(
+            first.socket.exists(),
+            "a SIGKILLed daemon leaves its socket"
+        );
+        let second = Daemon::start_with(DaemonOpts {
+            dir: Some(first.dir.clone()),
+            ..Default::default()
+        });
+        assert!(
+            second.log_text().contains("reclaimed a stale socket"),
+            "{}",
+            second.log_text()
+        );
+        second.client().await.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insecure_socket_directory_is_refused_with_the_fix() {
+    timed(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let run = tmp.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(daemon_bin())
+            .arg("--socket")
+            .arg(run.join("hostd.sock"))
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(run.to_str().unwrap()), "{err}");
+        assert!(err.contains("chmod 700"), "{err}");
+        assert!(!run.join("hostd.sock").exists());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_0600_and_its_directory_0700() {
+    timed(async {
+        let d = Daemon::start();
+        let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = std::fs::metadata(d.socket.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_explicit_config_is_an_error() {
+    timed(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let out = std::process::Command::new(daemon_bin())
+            .arg("--socket")
+            .arg(tmp.path().join("run/hostd.sock"))
+            .arg("--config")
+            .arg(tmp.path().join("nope.toml"))
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+    })
+    .await;
+}
