@@ -221,3 +221,15 @@ mod tests {
         assert_eq!(c.restart.policy().backoff, Duration::from_millis(20));
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    #[test]
+    fn config_example_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::load(&path, true).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}

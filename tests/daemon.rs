@@ -220,3 +220,40 @@ async fn a_missing_explicit_config_is_an_error() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_uid_is_closed_without_a_reply_even_on_a_0666_socket() {
+    timed(async {
+        let setpriv = which::which("setpriv").expect("setpriv (util-linux) is required for this test");
+        let node = require_node();
+        let d = Daemon::start();
+        // Loosen everything the daemon checked at start-up.
+        std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d.socket.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let script = r#"
+            const c = require('net').createConnection(process.argv[1]);
+            let got = '';
+            c.on('connect', () => c.write('{"jsonrpc":"2.0","id":1,"method":"daemon.info"}\n'));
+            c.on('data', d => got += d);
+            c.on('error', e => { console.log(['EPIPE', 'ECONNRESET'].includes(e.code) && !got ? 'closed without reply' : 'error ' + e.code); process.exit(0); });
+            c.on('close', () => { console.log(got ? 'reply ' + got : 'closed without reply'); process.exit(0); });
+            setTimeout(() => { console.log('timeout'); process.exit(0); }, 5000);
+        "#;
+        let out = tokio::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(node)
+            .arg("-e")
+            .arg(script)
+            .arg(&d.socket)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.trim(), "closed without reply", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        d.wait_for_log("refused a connection from another user", Duration::from_secs(5));
+        // Our own uid still gets in.
+        d.client().await.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}

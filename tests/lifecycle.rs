@@ -585,3 +585,62 @@ async fn child_environment_cwd_and_ipc_urls() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_never_waits_behind_another_hosts_stop() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.slow", "ignore-sigterm.js", &[]),
+        )
+        .await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.quick", "print-lines.js", &[]),
+        )
+        .await;
+        wait_for_output(&mut c, "acme.slow", "ready").await;
+        let mut stopper = d.client().await;
+        let stop = tokio::spawn(async move {
+            stopper
+                .ok(
+                    "host.stop",
+                    json!({"extensionId": "acme.slow", "timeoutMs": 3000}),
+                )
+                .await
+        });
+        // While acme.slow sits in its 3 s stop timeout:
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.slow"]}))
+            .await;
+        sub.events_until(S5, |e| e["to"] == "stopping").await;
+        for id in ["acme.quick", "acme.slow"] {
+            let t0 = Instant::now();
+            let st = c.ok("host.status", json!({"extensionId": id})).await;
+            assert!(
+                t0.elapsed() < Duration::from_millis(500),
+                "status of {id} waited {:?}",
+                t0.elapsed()
+            );
+            assert_eq!(
+                st["state"],
+                if id == "acme.slow" {
+                    "stopping"
+                } else {
+                    "running"
+                }
+            );
+        }
+        let t0 = Instant::now();
+        c.ok("host.stop", json!({"extensionId": "acme.quick"}))
+            .await;
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "another host's stop waited"
+        );
+        assert_eq!(stop.await.unwrap()["lastExit"]["signal"], 9);
+    })
+    .await;
+}

@@ -8,15 +8,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use jsonrpsee::{PendingSubscriptionSink, RpcModule, SubscriptionMessage};
+use jsonrpsee::{ResponsePayload, RpcModule};
 use jsonrpsee_types::{ErrorObject, ErrorObjectOwned};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{Notify, broadcast};
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use super::codes;
 use super::params::{self, invalid_params};
-use crate::supervisor::events::{StateEvent, filter_matches};
+use super::transport::Connection;
+use crate::supervisor::events::{Filter, StateEvent, Subscription, filter_matches};
 use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
 
 /// The subscription methods and their notification.
@@ -201,68 +203,120 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         })
     })
     .expect("unique method name");
-    m.register_subscription_raw(SUBSCRIBE, STATE_CHANGED, UNSUBSCRIBE, subscribe)
+    m.register_async_method(SUBSCRIBE, subscribe)
+        .expect("unique method name");
+    m.register_method(UNSUBSCRIBE, |p, _, ext| unsubscribe(p, ext))
         .expect("unique method name");
     m
 }
 
 /// `host.subscribe`: a snapshot of the matching hosts, then every event, until
 /// the client unsubscribes, disconnects or falls too far behind.
-fn subscribe(
-    p: jsonrpsee_types::Params<'_>,
-    pending: PendingSubscriptionSink,
+///
+/// The subscription is registered on the connection before the reply is
+/// returned (so an immediate `host.unsubscribe` finds it), and its first
+/// notification is queued only after the reply.
+async fn subscribe(
+    p: jsonrpsee_types::Params<'static>,
     ctx: Arc<RpcContext>,
-    _: &jsonrpsee::Extensions,
-) {
+    ext: jsonrpsee::Extensions,
+) -> ResponsePayload<'static, u64> {
     let filter = match params::parse::<params::SubscribeParams>(&p) {
         Ok(p) => p
             .extension_ids
             .map(|ids| ids.into_iter().collect::<HashSet<_>>()),
-        Err(e) => {
-            tokio::spawn(pending.reject(e));
-            return;
-        }
+        Err(e) => return ResponsePayload::error(e),
+    };
+    let Some(conn) = ext.get::<Arc<Connection>>().cloned() else {
+        return ResponsePayload::error(ErrorObject::owned(
+            jsonrpsee_types::error::INTERNAL_ERROR_CODE,
+            "subscriptions need a connection",
+            None::<()>,
+        ));
+    };
+    let Some((sub_id, cancelled)) = conn.add_subscription() else {
+        return ResponsePayload::error(ErrorObject::owned(
+            codes::TOO_MANY_SUBSCRIPTIONS,
+            "too many subscriptions on this connection",
+            None::<()>,
+        ));
     };
     // Taken before the reply, so no event between the two is lost.
     let sub = ctx.supervisor.subscribe(&filter);
+    let (payload, replied) = ResponsePayload::success(sub_id).notify_on_completion();
     tokio::spawn(async move {
-        let Ok(sink) = pending.accept().await else {
-            return;
-        };
-        let sub_id = sink.subscription_id();
-        let message = |event: &StateEvent| {
-            SubscriptionMessage::new(STATE_CHANGED, sub_id.clone(), event)
-                .expect("events serialize")
-        };
-        let mut last_seq = 0;
-        for event in &sub.snapshot {
-            last_seq = event.seq;
-            if sink.send(message(event)).await.is_err() {
-                return;
-            }
+        if replied.await.is_ok() {
+            forward(&conn, sub_id, sub, &filter, cancelled).await;
         }
-        let mut events = sub.events;
-        loop {
-            tokio::select! {
-                () = sink.closed() => return,
-                r = events.recv() => match r {
-                    Ok(ev) => {
-                        last_seq = ev.seq;
-                        if !filter_matches(&filter, &ev.extension_id) {
-                            continue;
-                        }
-                        if sink.send(ev.json.clone()).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(subscription = ?sub_id, missed, "subscriber lagged; ending its subscription");
-                        let _ = sink.send(message(&StateEvent::lagged(last_seq, missed))).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
+        conn.remove_subscription(sub_id);
+    });
+    payload
+}
+
+fn notification(sub_id: u64, event: &RawValue) -> Box<RawValue> {
+    let text = format!(
+        r#"{{"jsonrpc":"2.0","method":"{STATE_CHANGED}","params":{{"subscription":{sub_id},"result":{}}}}}"#,
+        event.get()
+    );
+    RawValue::from_string(text).expect("valid JSON by construction")
+}
+
+async fn forward(
+    conn: &Connection,
+    sub_id: u64,
+    sub: Subscription,
+    filter: &Filter,
+    mut cancelled: oneshot::Receiver<()>,
+) {
+    let raw = |e: &StateEvent| serde_json::value::to_raw_value(e).expect("events serialize");
+    let mut last_seq = 0;
+    for event in &sub.snapshot {
+        last_seq = event.seq;
+        if conn.send(notification(sub_id, &raw(event))).await.is_err() {
+            return;
+        }
+    }
+    let mut events = sub.events;
+    loop {
+        let r = tokio::select! {
+            _ = &mut cancelled => return,
+            () = conn.closed() => return,
+            r = events.recv() => r,
+        };
+        match r {
+            Ok(ev) => {
+                last_seq = ev.seq;
+                if filter_matches(filter, &ev.extension_id)
+                    && conn.send(notification(sub_id, &ev.json)).await.is_err()
+                {
+                    return;
                 }
             }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    subscription = sub_id,
+                    missed,
+                    "subscriber lagged; ending its subscription"
+                );
+                let _ = conn
+                    .send(notification(
+                        sub_id,
+                        &raw(&StateEvent::lagged(last_seq, missed)),
+                    ))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
-    });
+    }
+}
+
+/// `host.unsubscribe [id]`: whether the subscription was active.
+fn unsubscribe(p: jsonrpsee_types::Params<'_>, ext: &jsonrpsee::Extensions) -> RpcResult<bool> {
+    let (id,): (u64,) = p
+        .parse()
+        .map_err(|_| invalid_params("", "expected [subscriptionId]"))?;
+    Ok(ext
+        .get::<Arc<Connection>>()
+        .is_some_and(|c| c.cancel_subscription(id)))
 }

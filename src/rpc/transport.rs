@@ -16,9 +16,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use jsonrpsee::{
-    BoundedSubscriptions, ConnectionId, Extensions, MethodCallback, MethodResponse, MethodSink,
-    Methods, SubscriptionState, core::id_providers::RandomIntegerIdProvider,
+    ConnectionId, Extensions, MethodCallback, MethodResponse, MethodResponseNotifyTx, Methods,
 };
 use jsonrpsee_types::{ErrorObject, Id, Params};
 use serde::Deserialize;
@@ -36,7 +39,7 @@ const OUT_QUEUE: usize = 256;
 /// Largest single response (a big `host.logs`).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Subscriptions one connection may hold.
-const MAX_SUBSCRIPTIONS: u32 = 1024;
+const MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -45,13 +48,90 @@ pub struct Limits {
     pub max_in_flight: usize,
 }
 
+/// One connection as methods see it (through the call's `Extensions`): its
+/// outgoing queue and its subscriptions.
+pub struct Connection {
+    out: mpsc::Sender<Box<RawValue>>,
+    subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+/// Subscription ids are unique daemon-wide.
+static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
+
+impl Connection {
+    fn new(out: mpsc::Sender<Box<RawValue>>) -> Self {
+        Connection {
+            out,
+            subscriptions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queue a message; fails once the connection is gone.
+    pub async fn send(&self, msg: Box<RawValue>) -> Result<(), ()> {
+        self.out.send(msg).await.map_err(|_| ())
+    }
+
+    /// Resolves when the connection's writer has gone away.
+    pub async fn closed(&self) {
+        self.out.closed().await
+    }
+
+    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a new subscription: its id and the receiver that fires when it
+    /// is cancelled. `None` when the connection has too many.
+    pub fn add_subscription(&self) -> Option<(u64, oneshot::Receiver<()>)> {
+        let mut subs = self.subs();
+        if subs.len() >= MAX_SUBSCRIPTIONS {
+            return None;
+        }
+        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        subs.insert(id, tx);
+        Some((id, rx))
+    }
+
+    /// Cancel a subscription; whether it was active.
+    pub fn cancel_subscription(&self, id: u64) -> bool {
+        self.subs().remove(&id).map(|tx| tx.send(())).is_some()
+    }
+
+    pub fn remove_subscription(&self, id: u64) {
+        self.subs().remove(&id);
+    }
+}
+
 /// What the dispatcher needs for one connection.
 #[derive(Clone)]
 pub struct Dispatcher {
     methods: Methods,
     conn_id: ConnectionId,
-    sink: MethodSink,
-    subscriptions: BoundedSubscriptions,
+    conn: Arc<Connection>,
+}
+
+/// A reply to write, and who to tell once it is queued.
+pub struct Reply {
+    pub json: Box<RawValue>,
+    pub on_sent: Vec<MethodResponseNotifyTx>,
+}
+
+impl Reply {
+    fn plain(json: Box<RawValue>) -> Self {
+        Reply {
+            json,
+            on_sent: Vec::new(),
+        }
+    }
+
+    fn from_response(r: MethodResponse) -> Self {
+        let (json, notify, _) = r.into_parts();
+        Reply {
+            json,
+            on_sent: notify.into_iter().collect(),
+        }
+    }
 }
 
 fn error_line(id: Id<'_>, code: i32, message: &str) -> Box<RawValue> {
@@ -177,20 +257,23 @@ fn check(text: &str) -> Result<Call<'_>, Invalid> {
 }
 
 impl Dispatcher {
-    pub fn new(methods: Methods, conn_id: usize, sink: MethodSink) -> Self {
+    pub fn new(methods: Methods, conn_id: usize, conn: Arc<Connection>) -> Self {
         Dispatcher {
             methods,
             conn_id: ConnectionId(conn_id),
-            sink,
-            subscriptions: BoundedSubscriptions::new(MAX_SUBSCRIPTIONS),
+            conn,
         }
     }
 
     /// Handle one line. Returns the reply to write, if any.
-    pub async fn handle_line(&self, line: &[u8]) -> Option<Box<RawValue>> {
+    pub async fn handle_line(&self, line: &[u8]) -> Option<Reply> {
         let text = match std::str::from_utf8(line) {
             Ok(t) => t.trim(),
-            Err(e) => return Some(Invalid::Parse(format!("invalid UTF-8: {e}")).into_json()),
+            Err(e) => {
+                return Some(Reply::plain(
+                    Invalid::Parse(format!("invalid UTF-8: {e}")).into_json(),
+                ));
+            }
         };
         if text.is_empty() {
             return None;
@@ -200,36 +283,56 @@ impl Dispatcher {
         }
         let items: Vec<&RawValue> = match serde_json::from_str(text) {
             Ok(items) => items,
-            Err(e) => return Some(classify(&e).into_json()),
+            Err(e) => return Some(Reply::plain(classify(&e).into_json())),
         };
         if items.is_empty() {
-            return Some(Invalid::Request(Id::Null, "empty batch").into_json());
+            return Some(Reply::plain(
+                Invalid::Request(Id::Null, "empty batch").into_json(),
+            ));
         }
         let replies =
             futures_util::future::join_all(items.iter().map(|i| self.handle_one(i.get(), true)))
                 .await;
-        let replies: Vec<Box<RawValue>> = replies.into_iter().flatten().collect();
-        if replies.is_empty() {
+        let mut jsons = Vec::new();
+        let mut on_sent = Vec::new();
+        for r in replies.into_iter().flatten() {
+            jsons.push(r.json);
+            on_sent.extend(r.on_sent);
+        }
+        if jsons.is_empty() {
             return None;
         }
-        Some(serde_json::value::to_raw_value(&replies).expect("raw values serialize"))
+        Some(Reply {
+            json: serde_json::value::to_raw_value(&jsons).expect("raw values serialize"),
+            on_sent,
+        })
     }
 
-    async fn handle_one(&self, text: &str, in_batch: bool) -> Option<Box<RawValue>> {
+    async fn handle_one(&self, text: &str, in_batch: bool) -> Option<Reply> {
         let call = match check(text) {
             Ok(c) => c,
-            Err(e) => return Some(e.into_json()),
+            Err(e) => return Some(Reply::plain(e.into_json())),
         };
         let is_notification = call.id.is_none();
         let response = self.dispatch(call, in_batch).await?;
         if is_notification {
             return None;
         }
-        Some(response.into_json())
+        Some(Reply::from_response(response))
     }
 
     async fn dispatch(&self, call: Call<'_>, in_batch: bool) -> Option<MethodResponse> {
         let id = call.id.clone().unwrap_or(Id::Null).into_owned();
+        if call.method == super::methods::SUBSCRIBE {
+            if in_batch {
+                return Some(
+                    Invalid::Request(id, "subscriptions are not allowed in a batch")
+                        .into_response(),
+                );
+            }
+            // A subscription nobody can hear about is ignored.
+            call.id.as_ref()?;
+        }
         let params = Params::new(call.params).into_owned();
         let Some(cb) = self.methods.method(&call.method) else {
             return Some(MethodResponse::error(
@@ -237,42 +340,19 @@ impl Dispatcher {
                 ErrorObject::from(jsonrpsee_types::ErrorCode::MethodNotFound),
             ));
         };
-        let ext = Extensions::new();
+        let mut ext = Extensions::new();
+        ext.insert(self.conn.clone());
         Some(match cb {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
             MethodCallback::Async(f) => f(id, params, self.conn_id, MAX_RESPONSE_BYTES, ext).await,
             MethodCallback::Unsubscription(f) => {
                 f(id, params, self.conn_id, MAX_RESPONSE_BYTES, ext)
             }
-            MethodCallback::Subscription(f) => {
-                if in_batch {
-                    return Some(
-                        Invalid::Request(id, "subscriptions are not allowed in a batch")
-                            .into_response(),
-                    );
-                }
-                // A subscription nobody can hear about is ignored.
-                call.id.as_ref()?;
-                let Some(permit) = self.subscriptions.acquire() else {
-                    return Some(MethodResponse::error(
-                        id,
-                        ErrorObject::borrowed(
-                            codes::TOO_MANY_SUBSCRIPTIONS,
-                            "too many subscriptions on this connection",
-                            None,
-                        ),
-                    ));
-                };
-                let state = SubscriptionState {
-                    conn_id: self.conn_id,
-                    id_provider: &RandomIntegerIdProvider,
-                    subscription_permit: permit,
-                };
-                // The subscription writes its own reply (accept or reject)
-                // into the sink; writing this one too would answer twice.
-                let _ = f(id, params, self.sink.clone(), state, ext).await;
-                return None;
-            }
+            // Subscriptions are plain async methods here (see methods::subscribe).
+            MethodCallback::Subscription(_) => MethodResponse::error(
+                id,
+                ErrorObject::from(jsonrpsee_types::ErrorCode::InternalError),
+            ),
         })
     }
 }
@@ -308,8 +388,7 @@ pub async fn serve<S>(
     let (tx, rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
     let (finish_tx, finish_rx) = oneshot::channel();
     let writer = tokio::spawn(write_loop(write, rx, finish_rx));
-    let sink = MethodSink::new_with_limit(tx.clone(), MAX_RESPONSE_BYTES as u32);
-    let dispatcher = Dispatcher::new(methods, conn_id, sink);
+    let dispatcher = Dispatcher::new(methods, conn_id, Arc::new(Connection::new(tx.clone())));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut frames = FramedRead::new(read, BoundedLines::new(limits.max_message_bytes));
     let mut shutting_down = false;
@@ -340,7 +419,10 @@ pub async fn serve<S>(
         let tx = tx.clone();
         tokio::spawn(async move {
             if let Some(reply) = d.handle_line(&bytes).await {
-                let _ = tx.send(reply).await;
+                let sent = tx.send(reply.json).await.is_ok();
+                for n in reply.on_sent {
+                    n.notify(sent);
+                }
             }
             drop(permit);
         });

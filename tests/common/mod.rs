@@ -400,6 +400,11 @@ impl RawConn {
         self.stream.get_mut().write_all(bytes).await.expect("write");
     }
 
+    /// Write, tolerating a daemon that already closed the connection.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.get_mut().write_all(bytes).await.is_ok()
+    }
+
     /// The next line as JSON, within 10 s.
     pub async fn line(&mut self) -> Value {
         let mut s = String::new();
