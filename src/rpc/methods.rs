@@ -12,19 +12,22 @@ use jsonrpsee::{ResponsePayload, RpcModule};
 use jsonrpsee_types::{ErrorObject, ErrorObjectOwned};
 use serde::Serialize;
 use serde_json::json;
-use serde_json::value::RawValue;
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::Notify;
 
 use super::codes;
 use super::params::{self, invalid_params};
+use super::subscriptions;
 use super::transport::Connection;
-use crate::supervisor::events::{Filter, StateEvent, Subscription, filter_matches};
+use crate::supervisor::events::{BusEvent, StateEvent, filter_matches};
+use crate::supervisor::logs::LogLine;
 use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
 
 /// The subscription methods and their notification.
 pub const SUBSCRIBE: &str = "host.subscribe";
 pub const UNSUBSCRIBE: &str = "host.unsubscribe";
 pub const STATE_CHANGED: &str = "host.stateChanged";
+pub const SUBSCRIBE_LOGS: &str = "host.subscribeLogs";
+pub const LOG: &str = "host.log";
 
 /// Facts about this daemon for `daemon.info`.
 #[derive(Debug, Clone)]
@@ -205,6 +208,8 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     .expect("unique method name");
     m.register_async_method(SUBSCRIBE, subscribe)
         .expect("unique method name");
+    m.register_async_method(SUBSCRIBE_LOGS, subscribe_logs)
+        .expect("unique method name");
     m.register_method(UNSUBSCRIBE, |p, _, ext| unsubscribe(p, ext))
         .expect("unique method name");
     m
@@ -212,10 +217,6 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
 
 /// `host.subscribe`: a snapshot of the matching hosts, then every event, until
 /// the client unsubscribes, disconnects or falls too far behind.
-///
-/// The subscription is registered on the connection before the reply is
-/// returned (so an immediate `host.unsubscribe` finds it), and its first
-/// notification is queued only after the reply.
 async fn subscribe(
     p: jsonrpsee_types::Params<'static>,
     ctx: Arc<RpcContext>,
@@ -227,86 +228,82 @@ async fn subscribe(
             .map(|ids| ids.into_iter().collect::<HashSet<_>>()),
         Err(e) => return ResponsePayload::error(e),
     };
-    let Some(conn) = ext.get::<Arc<Connection>>().cloned() else {
-        return ResponsePayload::error(ErrorObject::owned(
-            jsonrpsee_types::error::INTERNAL_ERROR_CODE,
-            "subscriptions need a connection",
-            None::<()>,
-        ));
-    };
-    let Some((sub_id, cancelled)) = conn.add_subscription() else {
-        return ResponsePayload::error(ErrorObject::owned(
-            codes::TOO_MANY_SUBSCRIPTIONS,
-            "too many subscriptions on this connection",
-            None::<()>,
-        ));
-    };
     // Taken before the reply, so no event between the two is lost.
     let sub = ctx.supervisor.subscribe(&filter);
-    let (payload, replied) = ResponsePayload::success(sub_id).notify_on_completion();
-    tokio::spawn(async move {
-        if replied.await.is_ok() {
-            forward(&conn, sub_id, sub, &filter, cancelled).await;
-        }
-        conn.remove_subscription(sub_id);
-    });
-    payload
+    let supervisor = ctx.supervisor.clone();
+    subscriptions::start(
+        ext.get::<Arc<Connection>>().cloned(),
+        subscriptions::Feed {
+            method: STATE_CHANGED,
+            initial: sub.snapshot.iter().map(subscriptions::to_raw).collect(),
+            rx: sub.events,
+            render: move |ev: &BusEvent| {
+                filter_matches(&filter, &ev.extension_id).then(|| ev.json.clone())
+            },
+            lagged: move |missed| {
+                subscriptions::to_raw(&StateEvent::lagged(supervisor.current_seq(), missed))
+            },
+        },
+    )
 }
 
-fn notification(sub_id: u64, event: &RawValue) -> Box<RawValue> {
-    let text = format!(
-        r#"{{"jsonrpc":"2.0","method":"{STATE_CHANGED}","params":{{"subscription":{sub_id},"result":{}}}}}"#,
-        event.get()
-    );
-    RawValue::from_string(text).expect("valid JSON by construction")
+/// `host.subscribeLogs`: the newest `lines` output lines of one host, then
+/// every new one, as `host.log` notifications.
+async fn subscribe_logs(
+    p: jsonrpsee_types::Params<'static>,
+    ctx: Arc<RpcContext>,
+    ext: jsonrpsee::Extensions,
+) -> ResponsePayload<'static, u64> {
+    let p: params::LogsParams = match params::parse(&p) {
+        Ok(p) => p,
+        Err(e) => return ResponsePayload::error(e),
+    };
+    let n = p.lines.unwrap_or(0).min(params::LOG_LINES_MAX);
+    let (tail, rx) = match ctx.supervisor.follow_logs(&p.extension_id, n) {
+        Ok(f) => f,
+        Err(e) => return ResponsePayload::error(ErrorObjectOwned::from(e)),
+    };
+    let id: Arc<str> = p.extension_id.into();
+    let render = {
+        let id = id.clone();
+        move |l: &LogLine| Some(subscriptions::to_raw(&LogEvent::line(&id, l)))
+    };
+    subscriptions::start(
+        ext.get::<Arc<Connection>>().cloned(),
+        subscriptions::Feed {
+            method: LOG,
+            initial: tail.iter().filter_map(&render).collect(),
+            rx,
+            render,
+            lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
+        },
+    )
 }
 
-async fn forward(
-    conn: &Connection,
-    sub_id: u64,
-    sub: Subscription,
-    filter: &Filter,
-    mut cancelled: oneshot::Receiver<()>,
-) {
-    let raw = |e: &StateEvent| serde_json::value::to_raw_value(e).expect("events serialize");
-    let mut last_seq = 0;
-    for event in &sub.snapshot {
-        last_seq = event.seq;
-        if conn.send(notification(sub_id, &raw(event))).await.is_err() {
-            return;
+/// One `host.log` notification.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LogEvent<'a> {
+    extension_id: &'a str,
+    #[serde(flatten)]
+    line: Option<&'a LogLine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lagged: Option<u64>,
+}
+
+impl<'a> LogEvent<'a> {
+    fn line(extension_id: &'a str, line: &'a LogLine) -> Self {
+        LogEvent {
+            extension_id,
+            line: Some(line),
+            lagged: None,
         }
     }
-    let mut events = sub.events;
-    loop {
-        let r = tokio::select! {
-            _ = &mut cancelled => return,
-            () = conn.closed() => return,
-            r = events.recv() => r,
-        };
-        match r {
-            Ok(ev) => {
-                last_seq = ev.seq;
-                if filter_matches(filter, &ev.extension_id)
-                    && conn.send(notification(sub_id, &ev.json)).await.is_err()
-                {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(
-                    subscription = sub_id,
-                    missed,
-                    "subscriber lagged; ending its subscription"
-                );
-                let _ = conn
-                    .send(notification(
-                        sub_id,
-                        &raw(&StateEvent::lagged(last_seq, missed)),
-                    ))
-                    .await;
-                return;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+    fn lagged(extension_id: &'a str, missed: u64) -> Self {
+        LogEvent {
+            extension_id,
+            line: None,
+            lagged: Some(missed),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod codes;
 pub mod methods;
 pub mod params;
 pub mod server;
+pub mod subscriptions;
 pub mod transport;
 
 pub use methods::{DaemonInfo, RpcContext, build_module};

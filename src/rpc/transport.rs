@@ -323,7 +323,8 @@ impl Dispatcher {
 
     async fn dispatch(&self, call: Call<'_>, in_batch: bool) -> Option<MethodResponse> {
         let id = call.id.clone().unwrap_or(Id::Null).into_owned();
-        if call.method == super::methods::SUBSCRIBE {
+        if call.method == super::methods::SUBSCRIBE || call.method == super::methods::SUBSCRIBE_LOGS
+        {
             if in_batch {
                 return Some(
                     Invalid::Request(id, "subscriptions are not allowed in a batch")

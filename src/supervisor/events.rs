@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
@@ -20,7 +20,7 @@ use crate::state::HostState;
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
 /// What an event says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     /// The state of one host when the subscription began.
@@ -34,7 +34,7 @@ pub enum EventKind {
 }
 
 /// One event as subscribers receive it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateEvent {
     pub kind: EventKind,
@@ -47,7 +47,7 @@ pub struct StateEvent {
     pub reason: String,
     pub at: String,
     pub status: Option<HostStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missed: Option<u64>,
 }
 

@@ -85,6 +85,17 @@ impl HostHandle {
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).tail(n)
     }
+
+    /// The newest `n` lines, then every new one.
+    pub fn follow_logs(
+        &self,
+        n: usize,
+    ) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<Arc<LogLine>>) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .follow(n)
+    }
 }
 
 /// What an actor is built from.

@@ -5,14 +5,15 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
+use tokio::sync::broadcast;
 use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
 
 /// Which pipe a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -20,7 +21,7 @@ pub enum Stream {
 }
 
 /// One captured line.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
     pub stream: Stream,
     pub text: String,
@@ -28,11 +29,16 @@ pub struct LogLine {
     pub at: String,
 }
 
-/// A ring of at most `cap` lines.
+/// Lines a follower may fall behind before it is told it lagged.
+pub const FOLLOW_QUEUE: usize = 1024;
+
+/// A ring of at most `cap` lines, and the live feed of new ones.
 #[derive(Debug)]
 pub struct LogRing {
     lines: VecDeque<LogLine>,
     cap: usize,
+    /// Created on the first follower, so idle hosts cost nothing.
+    feed: Option<broadcast::Sender<Arc<LogLine>>>,
 }
 
 impl LogRing {
@@ -40,14 +46,30 @@ impl LogRing {
         Self {
             lines: VecDeque::with_capacity(cap.min(64)),
             cap: cap.max(1),
+            feed: None,
         }
     }
 
     pub fn push(&mut self, line: LogLine) {
+        if let Some(feed) = &self.feed
+            && feed.receiver_count() > 0
+        {
+            let _ = feed.send(Arc::new(line.clone()));
+        }
         if self.lines.len() == self.cap {
             self.lines.pop_front();
         }
         self.lines.push_back(line);
+    }
+
+    /// The newest `n` lines and a receiver of every later one, with no gap
+    /// and no overlap between the two.
+    pub fn follow(&mut self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<Arc<LogLine>>) {
+        let rx = self
+            .feed
+            .get_or_insert_with(|| broadcast::channel(FOLLOW_QUEUE).0)
+            .subscribe();
+        (self.tail(n), rx)
     }
 
     /// The newest `n` lines, oldest first.
@@ -121,6 +143,19 @@ mod tests {
         assert_eq!(t, ["2", "3", "4"]);
         let t: Vec<_> = r.tail(2).into_iter().map(|l| l.text).collect();
         assert_eq!(t, ["3", "4"]);
+    }
+
+    #[test]
+    fn follow_sees_every_line_after_its_tail() {
+        let mut r = LogRing::new(10);
+        r.push(line("a"));
+        r.push(line("b"));
+        let (tail, mut rx) = r.follow(1);
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].text, "b");
+        r.push(line("c"));
+        assert_eq!(rx.try_recv().unwrap().text, "c");
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::spawn::SpawnError;
@@ -111,7 +111,7 @@ pub struct StartRequest {
 }
 
 /// The restart budget as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartBudget {
     pub max_attempts: u32,
@@ -119,7 +119,7 @@ pub struct RestartBudget {
 }
 
 /// How the last process of a host ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastExit {
     pub code: Option<i32>,
     pub signal: Option<i32>,
@@ -127,7 +127,7 @@ pub struct LastExit {
 }
 
 /// A host as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
     pub extension_id: String,
@@ -489,8 +489,23 @@ impl Supervisor {
         Ok(self.handle(id)?.logs(n))
     }
 
+    /// The newest `n` output lines of a host, then every new one.
+    pub fn follow_logs(
+        &self,
+        id: &str,
+        n: usize,
+    ) -> Result<(Vec<LogLine>, tokio::sync::broadcast::Receiver<Arc<LogLine>>), SupervisorError>
+    {
+        Ok(self.handle(id)?.follow_logs(n))
+    }
+
     pub fn subscribe(&self, filter: &Filter) -> Subscription {
         self.bus.subscribe(filter)
+    }
+
+    /// The last event sequence number assigned.
+    pub fn current_seq(&self) -> u64 {
+        self.bus.seq()
     }
 
     pub fn is_shutting_down(&self) -> bool {
