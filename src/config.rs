@@ -3,12 +3,13 @@
 //! Every key has a default, so an empty file (or none) is a valid config.
 //! Unknown keys are errors, so a typo never silently does nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::supervisor::RestartPolicy;
+use crate::supervisor::{RestartPolicy, StartRequest, validate_extension_id};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,100 @@ impl RestartConfig {
     }
 }
 
+/// Per-host restart overrides in a `[[host]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRestartConfig {
+    pub max_attempts: Option<u32>,
+    pub backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub stable_after_ms: Option<u64>,
+}
+
+/// A host declared in the config (`[[host]]`), like a supervisord program.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    pub extension_id: String,
+    pub entry: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    /// Start when the daemon starts (and when a reload first declares it).
+    #[serde(default)]
+    pub autostart: bool,
+    #[serde(default)]
+    pub restart: HostRestartConfig,
+    pub stop_timeout_ms: Option<u64>,
+}
+
+impl HostConfig {
+    /// The `host.start` request this declaration amounts to.
+    pub fn start_request(&self) -> StartRequest {
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        StartRequest {
+            extension_id: self.extension_id.clone(),
+            entry: Some(self.entry.clone()),
+            args: Some(self.args.clone()),
+            env: Some(self.env.clone()),
+            cwd: self.cwd.clone(),
+            max_attempts: self.restart.max_attempts,
+            backoff: ms(self.restart.backoff_ms),
+            max_backoff: ms(self.restart.max_backoff_ms),
+            stable_after: ms(self.restart.stable_after_ms),
+            stop_timeout: ms(self.stop_timeout_ms),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `node`: a path, or a table (`[node]`) that later gains verification keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeTable {
+    path: Option<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for NodeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = NodeConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path to the Node binary, or a [node] table")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeConfig, E> {
+                Ok(NodeConfig {
+                    path: Some(PathBuf::from(v)),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<NodeConfig, A::Error> {
+                let t = NodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(NodeConfig { path: t.path })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// See `config.example.toml` for every key with its default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -75,13 +170,23 @@ pub struct Config {
     /// Requests one connection may have in flight; more wait, none are dropped.
     pub max_requests_per_connection: usize,
     /// Node binary; when unset, the bundled/`DSCODE_RESOURCE_PATH`/`PATH` search.
-    pub node: Option<PathBuf>,
+    pub node: NodeConfig,
     /// Default SIGTERM-to-SIGKILL grace for `host.stop`.
     pub stop_timeout_ms: u64,
     /// Output lines kept per host for `host.logs`.
     pub log_lines: usize,
     /// Default restart policy.
     pub restart: RestartConfig,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter; `RUST_LOG` wins.
+    pub log_level: String,
+    /// Directory of the daemon's log files; default: the state directory.
+    pub log_dir: Option<PathBuf>,
+    /// `text` or `json` (one object per line).
+    pub log_format: LogFormat,
+    /// Daily log files kept.
+    pub log_max_files: usize,
+    /// Declared hosts.
+    pub host: Vec<HostConfig>,
 }
 
 impl Default for Config {
@@ -91,10 +196,15 @@ impl Default for Config {
             max_message_bytes: 1024 * 1024,
             max_connections: 128,
             max_requests_per_connection: 64,
-            node: None,
+            node: NodeConfig::default(),
             stop_timeout_ms: 5000,
             log_lines: 1000,
             restart: RestartConfig::default(),
+            log_level: "info".into(),
+            log_dir: None,
+            log_format: LogFormat::Text,
+            log_max_files: 7,
+            host: Vec::new(),
         }
     }
 }
@@ -135,6 +245,40 @@ impl Config {
                 "restart.max_backoff_ms",
                 "must not be below restart.backoff_ms",
             );
+        }
+        if self.log_max_files == 0 {
+            return invalid("log_max_files", "must be at least 1");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", &format!("is not a valid filter: {e}"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in &self.host {
+            let id = &h.extension_id;
+            let problem = if let Err(e) = validate_extension_id(id) {
+                Some(("host.extension_id", format!("{id:?}: {e}")))
+            } else if !seen.insert(id.as_str()) {
+                Some(("host.extension_id", format!("{id:?} is declared twice")))
+            } else if !h.entry.is_absolute() {
+                Some((
+                    "host.entry",
+                    format!("{} (host {id}) must be an absolute path", h.entry.display()),
+                ))
+            } else if h
+                .env
+                .keys()
+                .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+            {
+                Some((
+                    "host.env",
+                    format!("host {id}: keys must be non-empty, without '=' or NUL"),
+                ))
+            } else {
+                None
+            };
+            if let Some((key, reason)) = problem {
+                return invalid(key, &reason);
+            }
         }
         Ok(())
     }
@@ -208,6 +352,56 @@ mod tests {
             Config::load(p, true),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn node_is_a_path_or_a_table() {
+        let c = Config::parse("node = \"/usr/bin/node\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.node.path.as_deref(), Some(Path::new("/usr/bin/node")));
+        let c = Config::parse("[node]\npath = \"/opt/node\"\n", Path::new("c")).unwrap();
+        assert_eq!(c.node.path.as_deref(), Some(Path::new("/opt/node")));
+        assert!(Config::parse("[node]\npaht = \"/x\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn host_tables() {
+        let text = "[[host]]\nextension_id = \"acme.a\"\nentry = \"/x/a.js\"\nautostart = true\n[host.restart]\nbackoff_ms = 20\n";
+        let c = Config::parse(text, Path::new("c")).unwrap();
+        assert_eq!(c.host.len(), 1);
+        assert!(c.host[0].autostart);
+        assert_eq!(
+            c.host[0].start_request().backoff,
+            Some(Duration::from_millis(20))
+        );
+        let bad = "[[host]]\nextension_id = \"a..b\"\nentry = \"/x/a.js\"\n";
+        let e = Config::parse(bad, Path::new("c")).unwrap_err().to_string();
+        assert!(e.contains("host.extension_id"), "{e}");
+        let rel = "[[host]]\nextension_id = \"a\"\nentry = \"a.js\"\n";
+        assert!(
+            Config::parse(rel, Path::new("c"))
+                .unwrap_err()
+                .to_string()
+                .contains("host.entry")
+        );
+        let dup = format!(
+            "{0}{0}",
+            "[[host]]\nextension_id = \"a\"\nentry = \"/a.js\"\n"
+        );
+        assert!(
+            Config::parse(&dup, Path::new("c"))
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
+    }
+
+    #[test]
+    fn log_settings() {
+        let c =
+            Config::parse("log_format = \"json\"\nlog_max_files = 3\n", Path::new("c")).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::parse("log_format = \"xml\"\n", Path::new("c")).is_err());
+        assert!(Config::parse("log_level = \"[[[\"\n", Path::new("c")).is_err());
     }
 
     #[test]

@@ -1,22 +1,36 @@
-//! The daemon's composition root: config, socket, lock, supervisor, RPC
-//! server, signals and graceful shutdown. The `dscode-hostd` binary is a thin
-//! wrapper around [`run`].
+//! The daemon's composition root: config, logging, socket (bound or
+//! inherited from systemd), instance lock, supervisor, RPC server, signals,
+//! `sd_notify`, reload and graceful shutdown. The `dscode-hostd` binary is a
+//! thin wrapper around [`load_config`], [`init_logging`] and [`run`].
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use interprocess::local_socket::{ListenerOptions, tokio::Listener};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, LogFormat};
 use crate::paths;
-use crate::rpc::{self, DaemonInfo, RpcContext, server::ServerLimits, transport::Limits};
+use crate::rpc::{
+    self, Control, DaemonInfo, DaemonState, RpcContext, server::ServerLimits, transport::Limits,
+};
 use crate::supervisor::{Supervisor, SupervisorConfig};
 
 /// Overall bound on stopping every host at shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Variables that concern the daemon itself and must not reach hosts.
+const DAEMON_ONLY_ENV: &[&str] = &[
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "DSCODE_HOSTD_SOCKET",
+];
 
 /// Command-line options of `dscode-hostd`.
 #[derive(Debug, Clone, Default)]
@@ -26,14 +40,73 @@ pub struct Options {
     pub state_dir: Option<PathBuf>,
 }
 
-fn load_config(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(match explicit {
-        Some(p) => Config::load(p, true)?,
-        None => match config::default_config_path() {
-            Some(p) => Config::load(&p, false)?,
-            None => Config::default(),
-        },
-    })
+/// The config file in use: `--config` (must exist) or the default path (may
+/// be missing, which means defaults).
+pub fn config_source(opts: &Options) -> Option<(PathBuf, bool)> {
+    match &opts.config {
+        Some(p) => Some((p.clone(), true)),
+        None => config::default_config_path().map(|p| (p, false)),
+    }
+}
+
+pub fn load_config(opts: &Options) -> Result<Config, config::ConfigError> {
+    match config_source(opts) {
+        Some((p, required)) => Config::load(&p, required),
+        None => Ok(Config::default()),
+    }
+}
+
+/// Keep this alive for as long as logs should reach the file.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Log to stderr (the journal under systemd) and to a daily-rotated file in
+/// `log_dir` (default: the state directory), keeping `log_max_files`.
+pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard, PathBuf)> {
+    use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+    let filter =
+        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let dir = config
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| paths::resolve_state_dir(opts.state_dir.as_deref()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("dscode-hostd")
+        .filename_suffix("log")
+        .max_log_files(config.log_max_files)
+        .build(&dir)
+        .with_context(|| format!("opening a log file in {}", dir.display()))?;
+    let (file, guard) = tracing_appender::non_blocking(appender);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (stderr_layer, file_layer) = match config.log_format {
+        LogFormat::Text => (
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .boxed(),
+            tracing_subscriber::fmt::layer()
+                .with_writer(file)
+                .with_ansi(false)
+                .boxed(),
+        ),
+        LogFormat::Json => (
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .boxed(),
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(file)
+                .boxed(),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(stderr_layer.with_filter(filter()))
+        .with(file_layer.with_filter(filter()))
+        .try_init()
+        .context("installing the tracing subscriber")?;
+    Ok((guard, dir))
 }
 
 #[cfg(unix)]
@@ -77,14 +150,131 @@ fn bind(socket: &Path) -> anyhow::Result<Listener> {
         .with_context(|| format!("creating pipe {}", socket.display()))
 }
 
+/// A listening socket passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fd 3).
+#[cfg(unix)]
+fn inherited_listener() -> anyhow::Result<Option<Listener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(fd) = sd_notify::listen_fds()
+        .context("reading LISTEN_FDS")?
+        .next()
+    else {
+        return Ok(None);
+    };
+    // SAFETY: LISTEN_PID names this process, so the service manager passed us
+    // fd 3 and nothing else in the process owns or has closed it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(owned)
+        .context("using the socket passed by systemd")?;
+    Ok(Some(listener.into()))
+}
+
+#[cfg(not(unix))]
+fn inherited_listener() -> anyhow::Result<Option<Listener>> {
+    Ok(None)
+}
+
+/// Tell the service manager something, if there is one.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+fn status_line(supervisor: &Supervisor) -> String {
+    let hosts = supervisor.list();
+    let count = |s: crate::state::HostState| hosts.iter().filter(|h| h.state == s).count();
+    use crate::state::HostState::*;
+    format!(
+        "{} hosts: {} running, {} restarting, {} crashed, {} stopped",
+        hosts.len(),
+        count(Running),
+        count(Restarting) + count(Starting) + count(Unhealthy),
+        count(Crashed),
+        count(Stopped) + count(Stopping),
+    )
+}
+
+fn supervisor_config(config: &Config, runtime_dir: PathBuf) -> SupervisorConfig {
+    let mut s = SupervisorConfig::new(runtime_dir);
+    for k in DAEMON_ONLY_ENV {
+        s.base_env.remove(std::ffi::OsStr::new(k));
+    }
+    s.node = config.node.path.clone();
+    s.restart = config.restart.policy();
+    s.stop_timeout = config.stop_timeout();
+    s.log_lines = config.log_lines;
+    s
+}
+
+/// Declare the config's hosts; start the autostart ones (all of them at
+/// start-up, only newly declared ones on reload). Failures are logged.
+async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: bool) {
+    let mut starts = tokio::task::JoinSet::new();
+    for h in &config.host {
+        let new = match supervisor.declare(h.start_request()).await {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(extension_id = %h.extension_id, error = %e, "cannot declare host");
+                continue;
+            }
+        };
+        if h.autostart && (startup || new) {
+            let sup = supervisor.clone();
+            let id = h.extension_id.clone();
+            starts.spawn(async move {
+                if let Err(e) = sup
+                    .start(crate::supervisor::StartRequest {
+                        extension_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    tracing::error!(extension_id = %id, error = %e, "autostart failed");
+                }
+            });
+        }
+    }
+    while starts.join_next().await.is_some() {}
+}
+
+/// Keys a reload cannot change in a running daemon.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.socket != new.socket {
+        v.push("socket");
+    }
+    if old.max_message_bytes != new.max_message_bytes {
+        v.push("max_message_bytes");
+    }
+    if old.max_connections != new.max_connections {
+        v.push("max_connections");
+    }
+    if old.max_requests_per_connection != new.max_requests_per_connection {
+        v.push("max_requests_per_connection");
+    }
+    if old.log_level != new.log_level {
+        v.push("log_level");
+    }
+    if old.log_dir != new.log_dir
+        || old.log_format != new.log_format
+        || old.log_max_files != new.log_max_files
+    {
+        v.push("log_dir/log_format/log_max_files");
+    }
+    v
+}
+
 /// Run the daemon in the foreground until SIGTERM, SIGINT or `daemon.shutdown`.
-pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let config = load_config(opts.config.as_deref())?;
+pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     let socket = paths::resolve_socket(opts.socket.as_deref(), config.socket.as_deref());
     let runtime_dir = socket
         .parent()
         .map(Path::to_path_buf)
         .context("socket path has no directory")?;
+    let inherited = inherited_listener()?;
+    let activated = inherited.is_some();
     #[cfg(unix)]
     paths::ensure_private_dir(&runtime_dir)?;
     #[cfg(unix)]
@@ -92,17 +282,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let state_dir = paths::resolve_state_dir(opts.state_dir.as_deref());
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let listener = match inherited {
+        Some(l) => l,
+        None => bind(&socket)?,
+    };
 
-    let listener = bind(&socket)?;
-
-    let mut sup_config = SupervisorConfig::new(runtime_dir);
-    sup_config.node = config.node.clone();
-    sup_config.restart = config.restart.policy();
-    sup_config.stop_timeout = config.stop_timeout();
-    sup_config.log_lines = config.log_lines;
-    let supervisor = Supervisor::new(sup_config);
-
-    let shutdown_requested = Arc::new(Notify::new());
+    let supervisor = Supervisor::new(supervisor_config(&config, runtime_dir.clone()));
+    let state = Arc::new(DaemonState {
+        config_path: config_source(&opts).map(|(p, _)| p),
+        last_reload_error: Mutex::new(None),
+    });
+    let (control_tx, mut control_rx) = mpsc::channel(8);
     let module = rpc::build_module(RpcContext {
         supervisor: supervisor.clone(),
         info: DaemonInfo {
@@ -111,7 +301,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             started: Instant::now(),
             socket: socket.clone(),
         },
-        shutdown: shutdown_requested.clone(),
+        control: control_tx,
+        state: state.clone(),
     });
     let (close_tx, close_rx) = watch::channel(false);
     let limits = ServerLimits {
@@ -122,38 +313,148 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         },
     };
     let server = tokio::spawn(rpc::server::run(listener, module.into(), limits, close_rx));
-    tracing::info!(socket = %socket.display(), pid = std::process::id(), "listening");
+    tracing::info!(socket = %socket.display(), pid = std::process::id(), activated, "listening");
+
+    apply_hosts(&supervisor, &config, true).await;
+    let status_task = tokio::spawn(report_status(supervisor.clone()));
+    let watchdog_task = sd_notify::watchdog_enabled().map(|period| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
+    let status = status_line(&supervisor);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
 
     let mut signals = Signals::new()?;
-    let why = tokio::select! {
-        s = signals.next() => s,
-        () = shutdown_requested.notified() => "daemon.shutdown",
+    let why = loop {
+        tokio::select! {
+            s = signals.next() => match s {
+                Sig::Hup => {
+                    let _ = reload(&opts, &mut config, &supervisor, &state).await;
+                }
+                Sig::Term => break "SIGTERM",
+                Sig::Int => break "SIGINT",
+            },
+            Some(c) = control_rx.recv() => match c {
+                Control::Reload(reply) => {
+                    let _ = reply.send(reload(&opts, &mut config, &supervisor, &state).await);
+                }
+                Control::Shutdown => break "daemon.shutdown",
+            },
+        }
     };
     tracing::info!(reason = why, "shutting down: stopping every host");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    status_task.abort();
     let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
     tokio::pin!(stop_all);
     loop {
         tokio::select! {
             () = &mut stop_all => break,
             s = signals.next() => {
-                tracing::warn!(signal = s, "second signal during shutdown: killing every host now");
-                supervisor.kill_all_now();
+                if s != Sig::Hup {
+                    tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
+                    supervisor.kill_all_now();
+                }
             }
         }
     }
-    let _ = std::fs::remove_file(&socket);
+    if !activated {
+        let _ = std::fs::remove_file(&socket);
+    }
     close_tx.send_replace(true);
     let _ = server.await;
+    if let Some(w) = watchdog_task {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGTERM and SIGINT (Ctrl-C elsewhere) as one stream.
+/// Re-read the config: new defaults for later starts, newly declared
+/// autostart hosts started, running hosts untouched. An invalid config keeps
+/// the old one and is reported in `daemon.info` as `lastReloadError`.
+async fn reload(
+    opts: &Options,
+    config: &mut Config,
+    supervisor: &Arc<Supervisor>,
+    state: &DaemonState,
+) -> Result<(), String> {
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
+    let result = match load_config(opts) {
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the previous config");
+            Err(e.to_string())
+        }
+        Ok(new) => {
+            for key in restart_only_changes(config, &new) {
+                tracing::warn!(key, "config change needs a daemon restart to take effect");
+            }
+            let runtime_dir = supervisor.config().runtime_dir.clone();
+            supervisor.reconfigure(supervisor_config(&new, runtime_dir));
+            apply_hosts(supervisor, &new, false).await;
+            *config = new;
+            tracing::info!("config reloaded");
+            Ok(())
+        }
+    };
+    *state
+        .last_reload_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+    let status = status_line(supervisor);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    result
+}
+
+/// Keep systemd's STATUS= current: after each burst of state changes.
+async fn report_status(supervisor: Arc<Supervisor>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut events = supervisor.subscribe(&None).events;
+    loop {
+        match events.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+        // Coalesce a burst into one update.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) =
+            tokio::time::timeout_at(deadline, events.recv()).await
+        {}
+        let status = status_line(&supervisor);
+        notify(&[sd_notify::NotifyState::Status(&status)]);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    Term,
+    Int,
+    Hup,
+}
+
+/// SIGTERM, SIGINT and SIGHUP (Ctrl-C elsewhere) as one stream.
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -164,24 +465,26 @@ impl Signals {
             Ok(Signals {
                 term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
                 int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+                hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             })
         }
         #[cfg(not(unix))]
         Ok(Signals {})
     }
 
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> Sig {
         #[cfg(unix)]
         {
             tokio::select! {
-                _ = self.term.recv() => "SIGTERM",
-                _ = self.int.recv() => "SIGINT",
+                _ = self.term.recv() => Sig::Term,
+                _ = self.int.recv() => Sig::Int,
+                _ = self.hup.recv() => Sig::Hup,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+            Sig::Int
         }
     }
 }

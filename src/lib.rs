@@ -10,6 +10,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map and the invariants.
 
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod lines;

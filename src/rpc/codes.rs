@@ -13,5 +13,7 @@ pub const INVALID_TRANSITION: i32 = -32002;
 /// The message names the path and the OS error.
 pub const SPAWN_FAILED: i32 = -32003;
 pub const SHUTTING_DOWN: i32 = -32005;
+/// `daemon.reload` found an invalid config; the previous one is kept.
+pub const RELOAD_FAILED: i32 = -32007;
 /// Too many subscriptions on one connection.
 pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32006;

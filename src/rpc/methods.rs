@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use jsonrpsee::{ResponsePayload, RpcModule};
 use jsonrpsee_types::{ErrorObject, ErrorObjectOwned};
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot};
 
 use super::codes;
 use super::params::{self, invalid_params};
@@ -38,12 +39,26 @@ pub struct DaemonInfo {
     pub socket: PathBuf,
 }
 
+/// Requests from the RPC layer to the daemon's main loop.
+pub enum Control {
+    Reload(oneshot::Sender<Result<(), String>>),
+    Shutdown,
+}
+
+/// What `daemon.info` shows about the daemon beyond the supervisor.
+#[derive(Debug, Default)]
+pub struct DaemonState {
+    pub config_path: Option<PathBuf>,
+    pub last_reload_error: Mutex<Option<String>>,
+}
+
 /// What every handler can reach.
 pub struct RpcContext {
     pub supervisor: Arc<Supervisor>,
     pub info: DaemonInfo,
-    /// Notified by `daemon.shutdown`.
-    pub shutdown: Arc<Notify>,
+    /// Requests to the daemon's main loop (reload, shutdown).
+    pub control: mpsc::Sender<Control>,
+    pub state: Arc<DaemonState>,
 }
 
 impl From<SupervisorError> for ErrorObjectOwned {
@@ -90,6 +105,8 @@ struct Info {
     socket: String,
     hosts: usize,
     hosts_by_state: BTreeMap<&'static str, usize>,
+    config_path: Option<String>,
+    last_reload_error: Option<String>,
 }
 
 #[derive(Clone, Serialize)]
@@ -141,13 +158,44 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             socket: ctx.info.socket.display().to_string(),
             hosts: hosts.len(),
             hosts_by_state: by_state,
+            config_path: ctx
+                .state
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            last_reload_error: ctx
+                .state
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         })
     })
     .expect("unique method name");
     m.register_method("daemon.shutdown", |p, ctx, _| -> RpcResult<_> {
         params::parse::<params::NoParams>(&p)?;
-        ctx.shutdown.notify_one();
+        ctx.control
+            .try_send(Control::Shutdown)
+            .map_err(|_| ErrorObjectOwned::from(SupervisorError::ShuttingDown))?;
         Ok(json!({ "ok": true }))
+    })
+    .expect("unique method name");
+    m.register_async_method("daemon.reload", |p, ctx, _| async move {
+        params::parse::<params::NoParams>(&p)?;
+        let (tx, rx) = oneshot::channel();
+        ctx.control
+            .send(Control::Reload(tx))
+            .await
+            .map_err(|_| ErrorObjectOwned::from(SupervisorError::ShuttingDown))?;
+        match rx.await {
+            Ok(Ok(())) => RpcResult::Ok(json!({ "ok": true })),
+            Ok(Err(e)) => Err(ErrorObject::owned(
+                codes::RELOAD_FAILED,
+                format!("config reload failed, previous config kept: {e}"),
+                None::<()>,
+            )),
+            Err(_) => Err(SupervisorError::ShuttingDown.into()),
+        }
     })
     .expect("unique method name");
     m.register_async_method("host.start", |p, ctx, _| async move {

@@ -15,4 +15,4 @@ pub mod server;
 pub mod subscriptions;
 pub mod transport;
 
-pub use methods::{DaemonInfo, RpcContext, build_module};
+pub use methods::{Control, DaemonInfo, DaemonState, RpcContext, build_module};

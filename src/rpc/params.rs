@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use jsonrpsee_types::{ErrorObject, ErrorObjectOwned, Params};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::codes::INVALID_PARAMS_CODE;
 
@@ -48,24 +48,36 @@ pub fn parse<T: DeserializeOwned>(params: &Params<'_>) -> Result<T, ErrorObjectO
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
-#[derive(Debug, Deserialize, Default)]
+/// Restart-policy overrides of `host.start`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RestartParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backoff_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_backoff_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stable_after_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `host.start`'s params. Also what the Rust client sends.
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StartParams {
     pub extension_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub entry: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartParams>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout_ms: Option<u64>,
 }
 

@@ -41,6 +41,8 @@ enum Command {
     Stop(Option<Duration>, Reply<HostStatus>),
     Restart(Reply<HostStatus>),
     Remove(Reply<()>),
+    /// Replace the spec used by the next start (config reload).
+    Declare(Box<StartRequest>, Reply<()>),
 }
 
 /// A cheap, cloneable way to reach a host's actor.
@@ -82,6 +84,10 @@ impl HostHandle {
         self.ask(Command::Remove).await
     }
 
+    pub async fn declare(&self, req: StartRequest) -> Option<Result<(), SupervisorError>> {
+        self.ask(|r| Command::Declare(Box::new(req), r)).await
+    }
+
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).tail(n)
     }
@@ -103,7 +109,7 @@ pub struct ActorParts {
     pub id: Arc<str>,
     pub instance: u64,
     pub spec: HostSpec,
-    pub config: Arc<SupervisorConfig>,
+    pub config: watch::Receiver<Arc<SupervisorConfig>>,
     pub bus: Arc<EventBus>,
     pub registry: Weak<Registry>,
     pub force_kill: watch::Receiver<bool>,
@@ -112,7 +118,7 @@ pub struct ActorParts {
 /// Start the actor task; it registers its initial `stopped` status.
 pub fn spawn_actor(parts: ActorParts) -> HostHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    let logs = Arc::new(Mutex::new(LogRing::new(parts.config.log_lines)));
+    let logs = Arc::new(Mutex::new(LogRing::new(parts.config.borrow().log_lines)));
     let handle = HostHandle {
         tx,
         logs: logs.clone(),
@@ -164,7 +170,8 @@ struct HostActor {
     id: Arc<str>,
     instance: u64,
     spec: HostSpec,
-    config: Arc<SupervisorConfig>,
+    /// The current settings; read at each use, so a reload applies to later starts.
+    config: watch::Receiver<Arc<SupervisorConfig>>,
     bus: Arc<EventBus>,
     registry: Weak<Registry>,
     force_kill: watch::Receiver<bool>,
@@ -250,7 +257,8 @@ impl HostActor {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Start(req, reply) => {
-                let r = match build_spec(&self.config, &req, Some(&self.spec)) {
+                let config = self.settings();
+                let r = match build_spec(&config, &req, Some(&self.spec)) {
                     Err(e) => Err(e),
                     Ok(_) if !self.state.is_at_rest() => Err(self.invalid()),
                     Ok(spec) => {
@@ -285,8 +293,20 @@ impl HostActor {
                     }
                 }
             },
+            Command::Declare(req, reply) => {
+                let config = self.settings();
+                let r = build_spec(&config, &req, None).map(|spec| {
+                    self.spec = spec;
+                    self.bus.set_status(self.status());
+                });
+                let _ = reply.send(r);
+            }
             Command::Remove(_) => unreachable!("handled in run"),
         }
+    }
+
+    fn settings(&self) -> Arc<SupervisorConfig> {
+        self.config.borrow().clone()
     }
 
     fn invalid(&self) -> SupervisorError {
@@ -338,11 +358,12 @@ impl HostActor {
     }
 
     fn launch_spec(&self, node: std::path::PathBuf) -> LaunchSpec {
-        let mut env: BTreeMap<OsString, OsString> = self.config.base_env.clone();
+        let config = self.settings();
+        let mut env: BTreeMap<OsString, OsString> = config.base_env.clone();
         for (k, v) in &self.spec.env {
             env.insert(k.into(), v.into());
         }
-        let (outgoing, incoming) = ipc_paths(&self.config.runtime_dir, &self.id);
+        let (outgoing, incoming) = ipc_paths(&config.runtime_dir, &self.id);
         env.insert(
             "DSCODE_IPC_URL".into(),
             format!("ipc://{}", outgoing.display()).into(),
@@ -351,7 +372,7 @@ impl HostActor {
             "DSCODE_INCOMING_IPC_URL".into(),
             format!("ipc://{}", incoming.display()).into(),
         );
-        if let Some(rp) = &self.config.resource_path {
+        if let Some(rp) = &config.resource_path {
             env.insert("DSCODE_RESOURCE_PATH".into(), rp.clone().into_os_string());
         }
         let cwd = self.spec.cwd.clone().unwrap_or_else(|| {
@@ -381,10 +402,11 @@ impl HostActor {
     }
 
     fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
+        let config = self.settings();
         let spawned = spawn::resolve_node(
-            self.config.node.as_deref(),
-            self.config.exe_dir.as_deref(),
-            self.config.resource_path.as_deref(),
+            config.node.as_deref(),
+            config.exe_dir.as_deref(),
+            config.resource_path.as_deref(),
         )
         .and_then(|node| {
             self.node = Some(node.display().to_string());
@@ -397,7 +419,7 @@ impl HostActor {
                 self.pgid = Some(s.pgid);
                 self.started = Some((SystemTime::now(), Instant::now()));
                 self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
-                let max = self.config.log_line_bytes;
+                let max = config.log_line_bytes;
                 if let Some(out) = s.child.stdout.take() {
                     tokio::spawn(super::logs::pump(
                         out,

@@ -269,7 +269,7 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
 
 /// See the module documentation.
 pub struct Supervisor {
-    config: Arc<SupervisorConfig>,
+    config: watch::Sender<Arc<SupervisorConfig>>,
     bus: Arc<EventBus>,
     registry: Arc<Registry>,
     shutting_down: AtomicBool,
@@ -315,7 +315,7 @@ impl Supervisor {
     pub fn new(config: SupervisorConfig) -> Arc<Self> {
         let (force_kill, _) = watch::channel(false);
         Arc::new(Supervisor {
-            config: Arc::new(config),
+            config: watch::Sender::new(Arc::new(config)),
             bus: Arc::new(EventBus::new()),
             registry: Arc::new(Registry::default()),
             shutting_down: AtomicBool::new(false),
@@ -323,8 +323,32 @@ impl Supervisor {
         })
     }
 
-    pub fn config(&self) -> &SupervisorConfig {
-        &self.config
+    /// The current settings.
+    pub fn config(&self) -> Arc<SupervisorConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// New settings for every later start (a config reload). Running hosts
+    /// are not touched.
+    pub fn reconfigure(&self, config: SupervisorConfig) {
+        self.config.send_replace(Arc::new(config));
+    }
+
+    /// Declare a host from the config: register it (stopped) if new, or
+    /// replace the spec its next start uses. Returns whether it was new.
+    pub async fn declare(&self, req: StartRequest) -> Result<bool, SupervisorError> {
+        self.check_running()?;
+        validate_extension_id(&req.extension_id)?;
+        let spec = build_spec(&self.config(), &req, None)?;
+        if let Some(h) = self.registry.get(&req.extension_id) {
+            let id = req.extension_id.clone();
+            return match h.declare(req).await {
+                Some(r) => r.map(|()| false),
+                None => Err(SupervisorError::UnknownHost(id)),
+            };
+        }
+        self.register(&req.extension_id, spec);
+        Ok(true)
     }
 
     fn check_running(&self) -> Result<(), SupervisorError> {
@@ -401,7 +425,7 @@ impl Supervisor {
             let handle = match self.registry.get(&req.extension_id) {
                 Some(h) => h,
                 None => {
-                    let spec = build_spec(&self.config, &req, None)?;
+                    let spec = build_spec(&self.config(), &req, None)?;
                     self.register(&req.extension_id, spec.clone())
                 }
             };
@@ -427,7 +451,7 @@ impl Supervisor {
             id: id.into(),
             instance,
             spec,
-            config: self.config.clone(),
+            config: self.config.subscribe(),
             bus: self.bus.clone(),
             registry: Arc::downgrade(&self.registry),
             force_kill: self.force_kill.subscribe(),

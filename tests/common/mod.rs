@@ -122,6 +122,8 @@ pub const SIGINT: i32 = 2;
 pub struct DaemonOpts {
     /// Config file contents.
     pub config: Option<String>,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
     /// Reuse this directory (for a second daemon on the same socket).
     pub dir: Option<PathBuf>,
 }
@@ -170,6 +172,10 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .env("RUST_LOG", "info")
+            // Hermetic: never read the developer's own config.
+            .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+            .env_remove("DSCODE_HOSTD_SOCKET")
+            .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -177,6 +183,9 @@ impl Daemon {
             let p = dir.join("config.toml");
             std::fs::write(&p, cfg).unwrap();
             cmd.arg("--config").arg(p);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn dscode-hostd");
         let stderr = Arc::new(Mutex::new(Vec::new()));
