@@ -253,6 +253,13 @@ async fn unsubscribe_and_daemon_info() {
         assert_eq!(info["hosts"], 0);
         assert!(info["startedAt"].as_str().unwrap().ends_with('Z'));
         assert!(info["uptimeMs"].is_u64());
+        // rpc.discover: the OpenRPC document, on one line like everything else.
+        let mut raw_conn = raw(&d).await;
+        raw_conn
+            .send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"rpc.discover\"}\n")
+            .await;
+        let doc = raw_conn.line().await;
+        assert!(doc["result"]["openrpc"].as_str().unwrap().starts_with("1."));
     })
     .await;
 }

@@ -139,9 +139,23 @@ fn start_request(p: params::StartParams) -> StartRequest {
     }
 }
 
+/// The OpenRPC document of this protocol, served by `rpc.discover`.
+pub const OPENRPC: &str = include_str!("../../proto-docs/openrpc.json");
+
 /// Register every method of the control protocol.
 pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     let mut m = RpcModule::new(ctx);
+    // Re-encoded compactly: the file is pretty-printed, the wire is one line.
+    let openrpc = serde_json::value::to_raw_value(
+        &serde_json::from_str::<serde_json::Value>(OPENRPC)
+            .expect("proto-docs/openrpc.json is valid JSON"),
+    )
+    .expect("JSON re-encodes");
+    m.register_method("rpc.discover", move |p, _, _| -> RpcResult<_> {
+        params::parse::<params::NoParams>(&p)?;
+        Ok(openrpc.clone())
+    })
+    .expect("unique method name");
     m.register_method("daemon.info", |p, ctx, _| -> RpcResult<Info> {
         params::parse::<params::NoParams>(&p)?;
         let hosts = ctx.supervisor.list();
@@ -364,4 +378,64 @@ fn unsubscribe(p: jsonrpsee_types::Params<'_>, ext: &jsonrpsee::Extensions) -> R
     Ok(ext
         .get::<Arc<Connection>>()
         .is_some_and(|c| c.cancel_subscription(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn module() -> RpcModule<RpcContext> {
+        let dir = tempfile::tempdir().unwrap();
+        let (control, _rx) = mpsc::channel(1);
+        build_module(RpcContext {
+            supervisor: Supervisor::new(crate::supervisor::SupervisorConfig::new(
+                dir.path().into(),
+            )),
+            info: DaemonInfo {
+                pid: 1,
+                started_at: SystemTime::now(),
+                started: Instant::now(),
+                socket: "/x".into(),
+            },
+            control,
+            state: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn openrpc_document_lists_exactly_the_registered_methods() {
+        let doc: serde_json::Value = serde_json::from_str(OPENRPC).unwrap();
+        assert!(doc["openrpc"].as_str().unwrap().starts_with("1."));
+        let documented: BTreeSet<String> = doc["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        let registered: BTreeSet<String> = module().method_names().map(String::from).collect();
+        let missing: Vec<_> = registered.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&registered).collect();
+        assert!(
+            missing.is_empty(),
+            "registered but not in openrpc.json: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "in openrpc.json but not registered: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn every_documented_error_ref_exists() {
+        let doc: serde_json::Value = serde_json::from_str(OPENRPC).unwrap();
+        let errors = doc["components"]["errors"].as_object().unwrap();
+        for m in doc["methods"].as_array().unwrap() {
+            for e in m["errors"].as_array().into_iter().flatten() {
+                let r = e["$ref"].as_str().unwrap();
+                let name = r.rsplit('/').next().unwrap();
+                assert!(errors.contains_key(name), "{}: {r}", m["name"]);
+            }
+        }
+    }
 }
