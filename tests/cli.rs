@@ -245,6 +245,21 @@ async fn help_has_an_example_for_every_subcommand() {
     .await;
 }
 
+/// Wait for a child process, at most 10 s.
+async fn wait_child(mut p: std::process::Child) -> Option<i32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = p.try_wait().unwrap() {
+            return s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = p.kill();
+            panic!("hostctl {} did not exit within 10 s", p.id());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The stdout lines of a running hostctl, read on a thread.
 fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -316,11 +331,10 @@ async fn watch_and_follow_stream_until_interrupted() {
             .await;
         read_until(&fout, |l| l.starts_with("line 2"));
 
-        for p in [&watch, &follow] {
+        for p in [watch, follow] {
             signal(p.id() as i32, SIGINT);
+            assert_eq!(wait_child(p).await, Some(0));
         }
-        assert_eq!(watch.wait().unwrap().code(), Some(0));
-        assert_eq!(follow.wait().unwrap().code(), Some(0));
     })
     .await;
 }
@@ -329,7 +343,7 @@ async fn watch_and_follow_stream_until_interrupted() {
 async fn shutdown_and_a_daemon_that_goes_away() {
     timed(async {
         let mut d = Daemon::start();
-        let watch = Command::new(hostctl_bin())
+        let mut watch = Command::new(hostctl_bin())
             .arg("--socket")
             .arg(&d.socket)
             .arg("watch")
@@ -343,15 +357,11 @@ async fn shutdown_and_a_daemon_that_goes_away() {
         );
         assert_eq!(d.wait_exit(Duration::from_secs(10)).await.code(), Some(0));
         // The watcher is told, not left hanging.
-        let out = tokio::task::spawn_blocking(move || watch.wait_with_output().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-        assert!(
-            text(&out.stderr).contains("closed the connection"),
-            "{}",
-            text(&out.stderr)
-        );
+        let mut stderr = watch.stderr.take().unwrap();
+        assert_eq!(wait_child(watch).await, Some(3));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+        assert!(err.contains("closed the connection"), "{err}");
     })
     .await;
 }

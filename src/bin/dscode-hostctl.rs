@@ -241,11 +241,13 @@ async fn run(args: Args) -> Result<(), Failure> {
             follow,
         } => {
             if follow {
+                let interrupted = interrupted();
+                tokio::pin!(interrupted);
                 let mut stream = client.follow_logs(&extension_id, lines).await?;
                 loop {
                     let item = tokio::select! {
                         i = stream.next() => i,
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        () = &mut interrupted => return Ok(()),
                     };
                     match item {
                         Some(Ok(line)) => print_log_line(&line, json_out),
@@ -269,12 +271,14 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
         }
         Cmd::Watch { extension_ids } => {
+            let interrupted = interrupted();
+            tokio::pin!(interrupted);
             let ids = (!extension_ids.is_empty()).then_some(extension_ids);
             let mut events = client.subscribe(ids).await?;
             loop {
                 let item = tokio::select! {
                     i = events.next() => i,
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    () = &mut interrupted => return Ok(()),
                 };
                 match item {
                     Some(Ok(e)) => print_event(&e, json_out),
@@ -314,6 +318,33 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when
+/// this is called, so a signal that arrives while output is being printed is
+/// not lost.
+fn interrupted() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn print_host(v: &Value, json_out: bool) {

@@ -124,6 +124,8 @@ pub struct DaemonOpts {
     pub config: Option<String>,
     /// Extra environment for the daemon.
     pub env: Vec<(String, String)>,
+    /// Use this marker (from [`new_marker`]) instead of a fresh one.
+    pub marker: Option<String>,
     /// Reuse this directory (for a second daemon on the same socket).
     pub dir: Option<PathBuf>,
 }
@@ -165,7 +167,7 @@ impl Daemon {
         std::fs::create_dir_all(&run).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
         let socket = run.join("hostd.sock");
-        let marker = new_marker();
+        let marker = opts.marker.clone().unwrap_or_else(new_marker);
         let mut cmd = Command::new(daemon_bin());
         cmd.arg("--socket")
             .arg(&socket)
@@ -316,6 +318,8 @@ impl Client {
                 }
                 let _ = ntx.send(v);
             }
+            // EOF: fail every pending call at once instead of at its timeout.
+            p.lock().unwrap().clear();
         });
         Client {
             write,
