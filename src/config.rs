@@ -90,6 +90,9 @@ pub struct HostConfig {
     #[serde(default)]
     pub restart: HostRestartConfig,
     pub stop_timeout_ms: Option<u64>,
+    pub ready_timeout_ms: Option<u64>,
+    pub heartbeat_interval_ms: Option<u64>,
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 impl HostConfig {
@@ -107,6 +110,9 @@ impl HostConfig {
             max_backoff: ms(self.restart.max_backoff_ms),
             stable_after: ms(self.restart.stable_after_ms),
             stop_timeout: ms(self.stop_timeout_ms),
+            ready_timeout: ms(self.ready_timeout_ms),
+            heartbeat_interval: ms(self.heartbeat_interval_ms),
+            heartbeat_timeout: ms(self.heartbeat_timeout_ms),
         }
     }
 }
@@ -187,6 +193,14 @@ pub struct Config {
     pub log_max_files: usize,
     /// Declared hosts.
     pub host: Vec<HostConfig>,
+    /// Longest IPC frame a host may send (or be sent).
+    pub ipc_max_message_bytes: usize,
+    /// A host must send `extension-host-ready` within this; 0 disables.
+    pub ready_timeout_ms: u64,
+    /// How often ready hosts are pinged; 0 disables heartbeats.
+    pub heartbeat_interval_ms: u64,
+    /// A ping unanswered this long marks the host unresponsive.
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -205,6 +219,10 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_max_files: 7,
             host: Vec::new(),
+            ipc_max_message_bytes: 16 * 1024 * 1024,
+            ready_timeout_ms: 60_000,
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 15_000,
         }
     }
 }
@@ -244,6 +262,12 @@ impl Config {
             return invalid(
                 "restart.max_backoff_ms",
                 "must not be below restart.backoff_ms",
+            );
+        }
+        if self.ipc_max_message_bytes < 1024 || self.ipc_max_message_bytes > u32::MAX as usize {
+            return invalid(
+                "ipc_max_message_bytes",
+                "must be between 1024 and 4294967295",
             );
         }
         if self.log_max_files == 0 {
@@ -299,6 +323,16 @@ impl Config {
 
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_millis(self.stop_timeout_ms)
+    }
+
+    /// The default readiness and heartbeat policy.
+    pub fn ipc_policy(&self) -> crate::supervisor::IpcPolicy {
+        crate::supervisor::IpcPolicy {
+            ready_timeout: Duration::from_millis(self.ready_timeout_ms),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(self.heartbeat_timeout_ms),
+            max_frame: self.ipc_max_message_bytes,
+        }
     }
 }
 

@@ -204,6 +204,7 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf) -> SupervisorConfig 
     s.node = config.node.path.clone();
     s.restart = config.restart.policy();
     s.stop_timeout = config.stop_timeout();
+    s.ipc = config.ipc_policy();
     s.log_lines = config.log_lines;
     s
 }

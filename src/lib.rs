@@ -13,6 +13,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod ipc;
 pub mod lines;
 pub mod paths;
 pub mod rpc;

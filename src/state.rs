@@ -11,7 +11,8 @@
 //!   Stopped    -> Starting    (start requested)
 //!   Starting   -> Running     (process spawned)
 //!   Starting   -> Crashed     (spawn failed)
-//!   Running    -> Unhealthy   (process exited unexpectedly)
+//!   Running    -> Unhealthy   (process exited unexpectedly, or judged failed:
+//!                              not ready in time, unresponsive, bad IPC)
 //!   Running    -> Stopping    (stop requested)
 //!   Unhealthy  -> Restarting  (within the restart budget)
 //!   Unhealthy  -> Crashed     (budget exhausted)
@@ -88,6 +89,9 @@ pub enum Input {
     SpawnFailed,
     /// The child exited without a stop having been requested.
     ExitedUnexpectedly,
+    /// The running child is judged failed (not ready in time, unresponsive,
+    /// broke the IPC protocol) and is about to be killed.
+    Failed,
     /// After an unexpected exit: the restart budget has attempts left.
     RetryWithinBudget,
     /// After an unexpected exit: the restart budget is exhausted.
@@ -101,11 +105,12 @@ pub enum Input {
 }
 
 impl Input {
-    pub const ALL: [Input; 9] = [
+    pub const ALL: [Input; 10] = [
         Input::Start,
         Input::Spawned,
         Input::SpawnFailed,
         Input::ExitedUnexpectedly,
+        Input::Failed,
         Input::RetryWithinBudget,
         Input::BudgetExhausted,
         Input::BackoffElapsed,
@@ -159,7 +164,7 @@ pub fn step(from: HostState, input: Input) -> Result<HostState, InvalidTransitio
         (Stopped | Crashed | Restarting, Input::Start) => Starting,
         (Starting, Input::Spawned) => Running,
         (Starting, Input::SpawnFailed) => Crashed,
-        (Running, Input::ExitedUnexpectedly) => Unhealthy,
+        (Running, Input::ExitedUnexpectedly | Input::Failed) => Unhealthy,
         (Unhealthy, Input::RetryWithinBudget) => Restarting,
         (Unhealthy, Input::BudgetExhausted) => Crashed,
         (Restarting, Input::BackoffElapsed) => Starting,
@@ -183,6 +188,7 @@ mod tests {
         (Stopped, Input::Spawned, None),
         (Stopped, Input::SpawnFailed, None),
         (Stopped, Input::ExitedUnexpectedly, None),
+        (Stopped, Input::Failed, None),
         (Stopped, Input::RetryWithinBudget, None),
         (Stopped, Input::BudgetExhausted, None),
         (Stopped, Input::BackoffElapsed, None),
@@ -192,6 +198,7 @@ mod tests {
         (Starting, Input::Spawned, Some(Running)),
         (Starting, Input::SpawnFailed, Some(Crashed)),
         (Starting, Input::ExitedUnexpectedly, None),
+        (Starting, Input::Failed, None),
         (Starting, Input::RetryWithinBudget, None),
         (Starting, Input::BudgetExhausted, None),
         (Starting, Input::BackoffElapsed, None),
@@ -201,6 +208,7 @@ mod tests {
         (Running, Input::Spawned, None),
         (Running, Input::SpawnFailed, None),
         (Running, Input::ExitedUnexpectedly, Some(Unhealthy)),
+        (Running, Input::Failed, Some(Unhealthy)),
         (Running, Input::RetryWithinBudget, None),
         (Running, Input::BudgetExhausted, None),
         (Running, Input::BackoffElapsed, None),
@@ -210,6 +218,7 @@ mod tests {
         (Unhealthy, Input::Spawned, None),
         (Unhealthy, Input::SpawnFailed, None),
         (Unhealthy, Input::ExitedUnexpectedly, None),
+        (Unhealthy, Input::Failed, None),
         (Unhealthy, Input::RetryWithinBudget, Some(Restarting)),
         (Unhealthy, Input::BudgetExhausted, Some(Crashed)),
         (Unhealthy, Input::BackoffElapsed, None),
@@ -219,6 +228,7 @@ mod tests {
         (Restarting, Input::Spawned, None),
         (Restarting, Input::SpawnFailed, None),
         (Restarting, Input::ExitedUnexpectedly, None),
+        (Restarting, Input::Failed, None),
         (Restarting, Input::RetryWithinBudget, None),
         (Restarting, Input::BudgetExhausted, None),
         (Restarting, Input::BackoffElapsed, Some(Starting)),
@@ -228,6 +238,7 @@ mod tests {
         (Stopping, Input::Spawned, None),
         (Stopping, Input::SpawnFailed, None),
         (Stopping, Input::ExitedUnexpectedly, None),
+        (Stopping, Input::Failed, None),
         (Stopping, Input::RetryWithinBudget, None),
         (Stopping, Input::BudgetExhausted, None),
         (Stopping, Input::BackoffElapsed, None),
@@ -237,6 +248,7 @@ mod tests {
         (Crashed, Input::Spawned, None),
         (Crashed, Input::SpawnFailed, None),
         (Crashed, Input::ExitedUnexpectedly, None),
+        (Crashed, Input::Failed, None),
         (Crashed, Input::RetryWithinBudget, None),
         (Crashed, Input::BudgetExhausted, None),
         (Crashed, Input::BackoffElapsed, None),

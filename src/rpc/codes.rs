@@ -17,3 +17,17 @@ pub const SHUTTING_DOWN: i32 = -32005;
 pub const RELOAD_FAILED: i32 = -32007;
 /// Too many subscriptions on one connection.
 pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32006;
+/// `waitReady`: the host exited (or was judged failed) before it was ready.
+pub const EXITED_BEFORE_READY: i32 = -32011;
+/// `waitReady`: the host was not ready within `readyTimeoutMs`.
+pub const READY_TIMEOUT: i32 = -32012;
+/// `host.request`: the host answered `<type>-error`.
+pub const HOST_ERROR: i32 = -32020;
+/// `host.request`/`host.send`: the host is not ready.
+pub const NOT_READY: i32 = -32021;
+/// `host.request`: no reply within `timeoutMs`.
+pub const REQUEST_TIMEOUT: i32 = -32022;
+/// `host.request`: the host exited or its channel closed while pending.
+pub const CHANNEL_CLOSED: i32 = -32023;
+/// `host.respond`: no such pending host request (answered already, timed out).
+pub const NO_SUCH_HOST_REQUEST: i32 = -32024;

@@ -21,6 +21,7 @@ use super::subscriptions;
 use super::transport::Connection;
 use crate::supervisor::events::{BusEvent, StateEvent, filter_matches};
 use crate::supervisor::logs::LogLine;
+use crate::supervisor::messages::HubMessage;
 use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
 
 /// The subscription methods and their notification.
@@ -28,6 +29,8 @@ pub const SUBSCRIBE: &str = "host.subscribe";
 pub const UNSUBSCRIBE: &str = "host.unsubscribe";
 pub const STATE_CHANGED: &str = "host.stateChanged";
 pub const SUBSCRIBE_LOGS: &str = "host.subscribeLogs";
+pub const SUBSCRIBE_MESSAGES: &str = "host.subscribeMessages";
+pub const MESSAGE: &str = "host.message";
 pub const LOG: &str = "host.log";
 
 /// Facts about this daemon for `daemon.info`.
@@ -88,6 +91,47 @@ impl From<SupervisorError> for ErrorObjectOwned {
             SupervisorError::ShuttingDown => {
                 ErrorObject::owned(codes::SHUTTING_DOWN, msg, None::<()>)
             }
+            SupervisorError::ExitedBeforeReady {
+                extension_id,
+                reason,
+                last_exit,
+            } => ErrorObject::owned(
+                codes::EXITED_BEFORE_READY,
+                msg,
+                Some(
+                    json!({ "extensionId": extension_id, "reason": reason, "lastExit": last_exit }),
+                ),
+            ),
+            SupervisorError::ReadyTimeout { extension_id, ms } => ErrorObject::owned(
+                codes::READY_TIMEOUT,
+                msg,
+                Some(json!({ "extensionId": extension_id, "readyTimeoutMs": ms })),
+            ),
+            SupervisorError::Relay {
+                extension_id,
+                error,
+            } => {
+                use crate::ipc::RelayError as R;
+                let code = match &error {
+                    R::Host { .. } => codes::HOST_ERROR,
+                    R::NotReady => codes::NOT_READY,
+                    R::Timeout(_) => codes::REQUEST_TIMEOUT,
+                    R::Closed(_) => codes::CHANNEL_CLOSED,
+                    R::Encode(_) => codes::INVALID_PARAMS_CODE,
+                };
+                let data = match error {
+                    R::Host { kind, payload, .. } => json!({
+                        "extensionId": extension_id,
+                        "type": kind,
+                        "payload": serde_json::from_str::<serde_json::Value>(payload.get()).unwrap_or_default(),
+                    }),
+                    _ => json!({ "extensionId": extension_id }),
+                };
+                ErrorObject::owned(code, msg, Some(data))
+            }
+            SupervisorError::Respond(e) => {
+                ErrorObject::owned(codes::NO_SUCH_HOST_REQUEST, e.to_string(), None::<()>)
+            }
         }
     }
 }
@@ -136,6 +180,9 @@ fn start_request(p: params::StartParams) -> StartRequest {
         max_backoff: ms(r.max_backoff_ms),
         stable_after: ms(r.stable_after_ms),
         stop_timeout: ms(p.stop_timeout_ms),
+        ready_timeout: ms(p.ready_timeout_ms),
+        heartbeat_interval: ms(p.heartbeat_interval_ms),
+        heartbeat_timeout: ms(p.heartbeat_timeout_ms),
     }
 }
 
@@ -213,13 +260,60 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     })
     .expect("unique method name");
     m.register_async_method("host.start", |p, ctx, _| async move {
-        let req = start_request(params::parse(&p)?);
+        let p: params::StartParams = params::parse(&p)?;
+        let wait = p.wait_ready;
         ctx.supervisor
-            .start(req)
+            .start_and_wait(start_request(p), wait)
             .await
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    m.register_async_method("host.request", |p, ctx, _| async move {
+        let p: params::RelayParams = params::parse(&p)?;
+        let timeout =
+            Duration::from_millis(p.timeout_ms.unwrap_or(params::REQUEST_TIMEOUT_DEFAULT_MS));
+        let payload = p.payload.unwrap_or_else(empty_object);
+        ctx.supervisor
+            .request(&p.extension_id, &p.kind, payload, timeout)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method("host.send", |p, ctx, _| async move {
+        let p: params::RelayParams = params::parse(&p)?;
+        if p.timeout_ms.is_some() {
+            return Err(invalid_params(
+                "timeoutMs",
+                "host.send does not wait for a reply",
+            ));
+        }
+        let payload = p.payload.unwrap_or_else(empty_object);
+        ctx.supervisor
+            .send(&p.extension_id, &p.kind, payload)
+            .await?;
+        RpcResult::Ok(json!({ "sent": true }))
+    })
+    .expect("unique method name");
+    m.register_async_method("host.respond", |p, ctx, _| async move {
+        let p: params::RespondParams = params::parse(&p)?;
+        let result = match (p.payload, p.error) {
+            (Some(payload), None) => Ok(payload),
+            (None, Some(e)) => Err(e),
+            _ => {
+                return Err(invalid_params(
+                    "payload",
+                    "give exactly one of payload and error",
+                ));
+            }
+        };
+        ctx.supervisor
+            .respond(&p.extension_id, &p.id, result)
+            .await?;
+        RpcResult::Ok(json!({ "delivered": true }))
+    })
+    .expect("unique method name");
+    m.register_async_method(SUBSCRIBE_MESSAGES, subscribe_messages)
+        .expect("unique method name");
     m.register_async_method("host.stop", |p, ctx, _| async move {
         let p: params::StopParams = params::parse(&p)?;
         ctx.supervisor
@@ -340,6 +434,37 @@ async fn subscribe_logs(
             lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
         },
     )
+}
+
+/// `host.subscribeMessages`: host-originated requests as `host.message`
+/// notifications, answered with `host.respond`.
+async fn subscribe_messages(
+    p: jsonrpsee_types::Params<'static>,
+    ctx: Arc<RpcContext>,
+    ext: jsonrpsee::Extensions,
+) -> ResponsePayload<'static, u64> {
+    let filter = match params::parse::<params::SubscribeParams>(&p) {
+        Ok(p) => crate::supervisor::messages::filter_of(p.extension_ids),
+        Err(e) => return ResponsePayload::error(e),
+    };
+    let (attached, rx) = ctx.supervisor.subscribe_messages(filter.clone());
+    subscriptions::start(
+        ext.get::<Arc<Connection>>().cloned(),
+        subscriptions::Feed {
+            method: MESSAGE,
+            initial: Vec::new(),
+            rx,
+            render: move |m: &HubMessage| {
+                let _keep_attached = &attached;
+                filter_matches(&filter, &m.extension_id).then(|| m.json.clone())
+            },
+            lagged: |missed| subscriptions::to_raw(&json!({ "lagged": missed })),
+        },
+    )
+}
+
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".into()).expect("JSON")
 }
 
 /// One `host.log` notification.

@@ -79,6 +79,40 @@ pub struct StartParams {
     pub restart: Option<RestartParams>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_timeout_ms: Option<u64>,
+    /// Return only once the host has completed the IPC handshake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wait_ready: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_timeout_ms: Option<u64>,
+}
+
+/// `host.request` / `host.send`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RelayParams {
+    pub extension_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+    /// `host.request` only.
+    pub timeout_ms: Option<u64>,
+}
+
+pub const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 30_000;
+
+/// `host.respond`: exactly one of `payload` and `error`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RespondParams {
+    pub extension_id: String,
+    pub id: Box<serde_json::value::RawValue>,
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

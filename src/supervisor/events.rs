@@ -27,6 +27,8 @@ pub enum EventKind {
     Snapshot,
     /// A state change.
     Transition,
+    /// The host completed the IPC handshake (state stays `running`).
+    Ready,
     /// The host was removed from the daemon.
     Removed,
     /// The subscriber fell behind; its subscription ends with this event.
@@ -153,6 +155,13 @@ impl EventBus {
     ) -> u64 {
         let mut event = StateEvent::about(EventKind::Transition, 0, status, reason.into());
         event.from = Some(from);
+        self.publish(event, true)
+    }
+
+    /// Record that a host became ready.
+    pub fn ready(&self, status: HostStatus) -> u64 {
+        let mut event = StateEvent::about(EventKind::Ready, 0, status, "ready".into());
+        event.from = event.to;
         self.publish(event, true)
     }
 

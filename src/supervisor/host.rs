@@ -18,10 +18,13 @@ use tokio::time::Instant;
 
 use super::events::EventBus;
 use super::logs::{LogLine, LogRing, SharedLogRing, Stream};
+use super::messages::MessageHub;
 use super::{
     HostSpec, HostStatus, LastExit, Registry, RestartBudget, StartRequest, SupervisorConfig,
     SupervisorError, build_spec,
 };
+use crate::ipc::{self, SessionConfig, SessionEvent, SessionHandle};
+use crate::spawn::SpawnError;
 use crate::spawn::{self, ExitOutcome, LaunchSpec, StopSignal};
 use crate::state::{self, HostState, Input};
 
@@ -33,6 +36,9 @@ const GROUP_POLL: Duration = Duration::from_millis(5);
 /// How long after SIGKILL a group may take to empty before the stop gives up
 /// waiting (and says so in the log).
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a host that closed its IPC channel may keep running before it is
+/// treated as failed (normally its exit follows within milliseconds).
+const CHANNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -50,6 +56,8 @@ enum Command {
 pub struct HostHandle {
     tx: mpsc::Sender<Command>,
     logs: SharedLogRing,
+    /// The current process's IPC session, for relaying without the actor.
+    session: Arc<Mutex<Option<SessionHandle>>>,
     /// Distinguishes this actor from a later one with the same id.
     pub instance: u64,
 }
@@ -92,6 +100,15 @@ impl HostHandle {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).tail(n)
     }
 
+    /// The IPC session of the current process, if it is ready.
+    pub fn session(&self) -> Option<SessionHandle> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(SessionHandle::is_ready)
+    }
+
     /// The newest `n` lines, then every new one.
     pub fn follow_logs(
         &self,
@@ -113,17 +130,21 @@ pub struct ActorParts {
     pub bus: Arc<EventBus>,
     pub registry: Weak<Registry>,
     pub force_kill: watch::Receiver<bool>,
+    pub messages: Arc<MessageHub>,
 }
 
 /// Start the actor task; it registers its initial `stopped` status.
 pub fn spawn_actor(parts: ActorParts) -> HostHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let logs = Arc::new(Mutex::new(LogRing::new(parts.config.borrow().log_lines)));
+    let session = Arc::new(Mutex::new(None));
     let handle = HostHandle {
         tx,
         logs: logs.clone(),
+        session: session.clone(),
         instance: parts.instance,
     };
+    let (ipc_tx, ipc_rx) = mpsc::channel(8);
     let actor = HostActor {
         id: parts.id,
         instance: parts.instance,
@@ -132,8 +153,16 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         bus: parts.bus,
         registry: parts.registry,
         force_kill: parts.force_kill,
+        messages: parts.messages,
         rx,
         logs,
+        session_slot: session,
+        session: None,
+        ipc_tx,
+        ipc_rx,
+        ready_at: None,
+        ready_deadline: None,
+        channel_closed_at: None,
         state: HostState::Stopped,
         generation: 0,
         restart_count: 0,
@@ -175,8 +204,20 @@ struct HostActor {
     bus: Arc<EventBus>,
     registry: Weak<Registry>,
     force_kill: watch::Receiver<bool>,
+    messages: Arc<MessageHub>,
     rx: mpsc::Receiver<Command>,
     logs: SharedLogRing,
+    /// Shared with the handle so requests bypass the actor.
+    session_slot: Arc<Mutex<Option<SessionHandle>>>,
+    session: Option<SessionHandle>,
+    /// Sessions report here, tagged with their process generation.
+    ipc_tx: mpsc::Sender<(u64, SessionEvent)>,
+    ipc_rx: mpsc::Receiver<(u64, SessionEvent)>,
+    ready_at: Option<SystemTime>,
+    /// Kill the host if it is not ready by then.
+    ready_deadline: Option<Instant>,
+    /// The host closed its channel: fail it if it is still running by then.
+    channel_closed_at: Option<Instant>,
 
     state: HostState,
     generation: u64,
@@ -242,6 +283,16 @@ impl HostActor {
                     }
                 },
                 res = wait_opt(&mut self.child) => self.on_exit(res),
+                Some((generation, ev)) = self.ipc_rx.recv() => self.on_ipc(generation, ev),
+                () = sleep_opt(self.ready_deadline) => {
+                    self.ready_deadline = None;
+                    let ms = crate::time::millis(self.spec.ipc.ready_timeout);
+                    self.fail(&format!("not ready within {ms} ms"));
+                }
+                () = sleep_opt(self.channel_closed_at) => {
+                    self.channel_closed_at = None;
+                    self.fail("closed its IPC channel but kept running");
+                }
                 () = sleep_opt(self.restart_at.map(|r| r.0)) => self.on_backoff_elapsed(),
                 () = sleep_opt(self.stable_at) => self.on_stable(),
                 () = sleep_opt(stop_at) => self.on_stop_timer(),
@@ -334,6 +385,8 @@ impl HostActor {
             last_exit: self.last_exit.clone(),
             entry: self.spec.entry.display().to_string(),
             node: self.node.clone(),
+            ready: self.ready_at.is_some(),
+            ready_at: self.ready_at.map(crate::time::rfc3339),
             started_instant: self.started.map(|s| s.1.into_std()),
         }
     }
@@ -403,17 +456,22 @@ impl HostActor {
 
     fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
         let config = self.settings();
-        let spawned = spawn::resolve_node(
-            config.node.as_deref(),
-            config.exe_dir.as_deref(),
-            config.resource_path.as_deref(),
-        )
-        .and_then(|node| {
+        let (host_sock, incoming_sock) = ipc_paths(&config.runtime_dir, &self.id);
+        let prepared = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
+            path: incoming_sock.clone(),
+            source: Arc::new(e),
+        });
+        let spawned = prepared.and_then(|prepared| {
+            let node = spawn::resolve_node(
+                config.node.as_deref(),
+                config.exe_dir.as_deref(),
+                config.resource_path.as_deref(),
+            )?;
             self.node = Some(node.display().to_string());
-            spawn::spawn(&self.launch_spec(node))
+            Ok((spawn::spawn(&self.launch_spec(node))?, prepared))
         });
         match spawned {
-            Ok(mut s) => {
+            Ok((mut s, prepared)) => {
                 self.generation += 1;
                 self.pid = Some(s.pid);
                 self.pgid = Some(s.pgid);
@@ -439,6 +497,23 @@ impl HostActor {
                     ));
                 }
                 self.child = Some(s.child);
+                let ipc = self.spec.ipc;
+                let session = ipc::start(
+                    prepared,
+                    SessionConfig {
+                        max_frame: ipc.max_frame,
+                        heartbeat_interval: ipc.heartbeat_interval,
+                        heartbeat_timeout: ipc.heartbeat_timeout,
+                    },
+                    self.id.clone(),
+                    self.generation,
+                    self.ipc_tx.clone(),
+                    self.messages.clone(),
+                );
+                self.set_session(Some(session));
+                self.ready_at = None;
+                self.ready_deadline =
+                    (!ipc.ready_timeout.is_zero()).then(|| Instant::now() + ipc.ready_timeout);
                 self.apply(Input::Spawned, format!("spawned pid {}", s.pid));
                 Ok(self.status())
             }
@@ -468,6 +543,7 @@ impl HostActor {
         self.pid = None;
         self.started = None;
         self.stable_at = None;
+        self.end_session("the host exited");
         self.last_exit = Some(LastExit {
             code: outcome.code,
             signal: outcome.signal,
@@ -483,8 +559,18 @@ impl HostActor {
         if let Some(pgid) = self.pgid.take() {
             spawn::signal_group(pgid, StopSignal::Kill);
         }
-        tracing::warn!(extension_id = %self.id, "{outcome}");
-        self.apply(Input::ExitedUnexpectedly, outcome.to_string());
+        match self.state {
+            HostState::Running => {
+                tracing::warn!(extension_id = %self.id, "{outcome}");
+                self.apply(Input::ExitedUnexpectedly, outcome.to_string());
+            }
+            // Already judged failed (see `fail`): this is the kill landing.
+            HostState::Unhealthy => {}
+            other => {
+                tracing::error!(extension_id = %self.id, state = %other, "{outcome} in an unexpected state");
+                return;
+            }
+        }
         let policy = self.spec.restart;
         if self.attempts_used < policy.max_attempts {
             let delay = policy.backoff_for(self.attempts_used);
@@ -541,6 +627,7 @@ impl HostActor {
         }
         self.restart_at = None;
         self.stable_at = None;
+        self.end_session("the host is stopping");
         let timeout = timeout.unwrap_or(self.spec.stop_timeout);
         let mut stopping = Stopping {
             kill_at: None,
@@ -623,6 +710,59 @@ impl HostActor {
             for w in stop.restarts {
                 let _ = w.send(r.clone());
             }
+        }
+    }
+
+    fn set_session(&mut self, session: Option<SessionHandle>) {
+        *self.session_slot.lock().unwrap_or_else(|p| p.into_inner()) = session.clone();
+        self.session = session;
+    }
+
+    /// The process's channel is over: pending relays fail at once.
+    fn end_session(&mut self, reason: &str) {
+        if let Some(s) = self.session.take() {
+            s.close(reason);
+        }
+        self.set_session(None);
+        self.messages.forget_host(&self.id);
+        self.ready_at = None;
+        self.ready_deadline = None;
+        self.channel_closed_at = None;
+    }
+
+    fn on_ipc(&mut self, generation: u64, ev: SessionEvent) {
+        if generation != self.generation || self.state != HostState::Running {
+            return;
+        }
+        match ev {
+            SessionEvent::Ready => {
+                self.ready_at = Some(SystemTime::now());
+                self.ready_deadline = None;
+                tracing::info!(extension_id = %self.id, "ready");
+                self.bus.ready(self.status());
+            }
+            SessionEvent::Failed(reason) => self.fail(&reason),
+            SessionEvent::Closed => {
+                // Usually the process is exiting; if it is not, it has broken
+                // its channel and is treated as failed.
+                self.channel_closed_at = Some(Instant::now() + CHANNEL_CLOSE_GRACE);
+            }
+        }
+    }
+
+    /// A running host that is not ready in time, stopped answering, or broke
+    /// the protocol: `running -> unhealthy` now, SIGKILL to its group, and
+    /// the restart policy once the exit lands.
+    fn fail(&mut self, reason: &str) {
+        if self.state != HostState::Running {
+            return;
+        }
+        tracing::warn!(extension_id = %self.id, %reason, "host failed; killing it");
+        self.end_session(reason);
+        self.stable_at = None;
+        self.apply(Input::Failed, reason);
+        if let Some(pgid) = self.pgid {
+            spawn::signal_group(pgid, StopSignal::Kill);
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod host;
 pub mod logs;
+pub mod messages;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -46,6 +47,21 @@ pub enum SupervisorError {
     InvalidSpec { field: &'static str, reason: String },
     #[error("daemon is shutting down")]
     ShuttingDown,
+    #[error("host {extension_id} exited before it was ready ({reason})")]
+    ExitedBeforeReady {
+        extension_id: String,
+        reason: String,
+        last_exit: Option<LastExit>,
+    },
+    #[error("host {extension_id} was not ready within {ms} ms")]
+    ReadyTimeout { extension_id: String, ms: u64 },
+    #[error("{error}")]
+    Relay {
+        extension_id: String,
+        error: crate::ipc::RelayError,
+    },
+    #[error("{0}")]
+    Respond(#[from] messages::RespondError),
 }
 
 /// When and how often a host that exits unexpectedly is restarted.
@@ -93,6 +109,28 @@ pub struct HostSpec {
     pub cwd: Option<PathBuf>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
+    /// Readiness, heartbeat and framing settings of the host's IPC channel.
+    pub ipc: IpcPolicy,
+}
+
+/// When a host must be ready and how its liveness is checked. Zero disables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpcPolicy {
+    pub ready_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_frame: usize,
+}
+
+impl Default for IpcPolicy {
+    fn default() -> Self {
+        IpcPolicy {
+            ready_timeout: Duration::from_millis(60_000),
+            heartbeat_interval: Duration::from_millis(5_000),
+            heartbeat_timeout: Duration::from_millis(15_000),
+            max_frame: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// `host.start`'s request, before defaults are applied.
@@ -108,6 +146,9 @@ pub struct StartRequest {
     pub max_backoff: Option<Duration>,
     pub stable_after: Option<Duration>,
     pub stop_timeout: Option<Duration>,
+    pub ready_timeout: Option<Duration>,
+    pub heartbeat_interval: Option<Duration>,
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 /// The restart budget as clients see it.
@@ -142,6 +183,11 @@ pub struct HostStatus {
     pub last_exit: Option<LastExit>,
     pub entry: String,
     pub node: Option<String>,
+    /// The host completed the IPC handshake; requests can be relayed.
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub ready_at: Option<String>,
     /// When the current process started, for `uptime_ms`.
     #[serde(skip)]
     pub started_instant: Option<Instant>,
@@ -171,6 +217,7 @@ pub struct SupervisorConfig {
     pub base_env: BTreeMap<OsString, OsString>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
+    pub ipc: IpcPolicy,
     pub log_lines: usize,
     pub log_line_bytes: usize,
 }
@@ -197,6 +244,7 @@ impl SupervisorConfig {
             base_env: std::env::vars_os().collect(),
             restart: RestartPolicy::default(),
             stop_timeout: Duration::from_millis(5000),
+            ipc: IpcPolicy::default(),
             log_lines: 1000,
             log_line_bytes: 16 * 1024,
         }
@@ -270,6 +318,7 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
 /// See the module documentation.
 pub struct Supervisor {
     config: watch::Sender<Arc<SupervisorConfig>>,
+    messages: Arc<messages::MessageHub>,
     bus: Arc<EventBus>,
     registry: Arc<Registry>,
     shutting_down: AtomicBool,
@@ -316,6 +365,7 @@ impl Supervisor {
         let (force_kill, _) = watch::channel(false);
         Arc::new(Supervisor {
             config: watch::Sender::new(Arc::new(config)),
+            messages: messages::MessageHub::new(),
             bus: Arc::new(EventBus::new()),
             registry: Arc::new(Registry::default()),
             shutting_down: AtomicBool::new(false),
@@ -376,6 +426,7 @@ pub fn build_spec(
                 cwd: None,
                 restart: config.restart,
                 stop_timeout: config.stop_timeout,
+                ipc: config.ipc,
             },
             (None, Some(prev)) => prev.clone(),
             (None, None) => {
@@ -401,6 +452,10 @@ pub fn build_spec(
         r.max_backoff = req.max_backoff.unwrap_or(r.max_backoff);
         r.stable_after = req.stable_after.unwrap_or(r.stable_after);
         spec.stop_timeout = req.stop_timeout.unwrap_or(spec.stop_timeout);
+        let i = &mut spec.ipc;
+        i.ready_timeout = req.ready_timeout.unwrap_or(i.ready_timeout);
+        i.heartbeat_interval = req.heartbeat_interval.unwrap_or(i.heartbeat_interval);
+        i.heartbeat_timeout = req.heartbeat_timeout.unwrap_or(i.heartbeat_timeout);
         validate_entry(&spec.entry)?;
         validate_env(&spec.env)?;
         if let Some(cwd) = &spec.cwd
@@ -416,6 +471,67 @@ pub fn build_spec(
 }
 
 impl Supervisor {
+    /// Start a host and, with `wait_ready`, wait until it has completed the
+    /// IPC handshake: `ExitedBeforeReady` if it exits (or is judged failed)
+    /// first, `ReadyTimeout` if its ready timeout passes.
+    pub async fn start_and_wait(
+        &self,
+        req: StartRequest,
+        wait_ready: bool,
+    ) -> Result<HostStatus, SupervisorError> {
+        if !wait_ready {
+            return self.start(req).await;
+        }
+        let id = req.extension_id.clone();
+        let filter: Filter = Some([id.clone()].into_iter().collect());
+        let mut events = self.bus.subscribe(&filter).events;
+        let started = self.start(req).await?;
+        let generation = started.generation;
+        loop {
+            let ev = match events.recv().await {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let now = self.status(&id)?;
+                    if now.ready && now.generation == generation {
+                        return Ok(now);
+                    }
+                    continue;
+                }
+                Err(_) => return Err(SupervisorError::ShuttingDown),
+            };
+            if ev.extension_id != id {
+                continue;
+            }
+            let Ok(e) = serde_json::from_str::<events::StateEvent>(ev.json.get()) else {
+                continue;
+            };
+            if e.generation != Some(generation) {
+                continue;
+            }
+            match (e.kind, e.from, e.status) {
+                (events::EventKind::Ready, _, Some(s)) => return Ok(s.with_uptime()),
+                (events::EventKind::Transition, Some(HostState::Running), status) => {
+                    let ms = e
+                        .reason
+                        .strip_prefix("not ready within ")
+                        .and_then(|r| r.strip_suffix(" ms"));
+                    if let Some(ms) = ms.and_then(|m| m.parse().ok()) {
+                        return Err(SupervisorError::ReadyTimeout {
+                            extension_id: id,
+                            ms,
+                        });
+                    }
+                    return Err(SupervisorError::ExitedBeforeReady {
+                        extension_id: id,
+                        reason: e.reason,
+                        last_exit: status.and_then(|s| s.last_exit),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Register (if new) and start a host. Returns once it is spawned.
     pub async fn start(&self, req: StartRequest) -> Result<HostStatus, SupervisorError> {
         self.check_running()?;
@@ -455,6 +571,7 @@ impl Supervisor {
             bus: self.bus.clone(),
             registry: Arc::downgrade(&self.registry),
             force_kill: self.force_kill.subscribe(),
+            messages: self.messages.clone(),
         });
         hosts.insert(id.to_string(), handle.clone());
         handle
@@ -525,6 +642,62 @@ impl Supervisor {
 
     pub fn subscribe(&self, filter: &Filter) -> Subscription {
         self.bus.subscribe(filter)
+    }
+
+    /// Relay a request to a ready host; the payload of its `-response`.
+    pub async fn request(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: Box<serde_json::value::RawValue>,
+        timeout: Duration,
+    ) -> Result<Box<serde_json::value::RawValue>, SupervisorError> {
+        let session = self.handle(id)?.session();
+        let relay = |error| SupervisorError::Relay {
+            extension_id: id.to_string(),
+            error,
+        };
+        let session = session.ok_or_else(|| relay(crate::ipc::RelayError::NotReady))?;
+        session.request(kind, payload, timeout).await.map_err(relay)
+    }
+
+    /// Send a one-way message to a ready host.
+    pub async fn send(
+        &self,
+        id: &str,
+        kind: &str,
+        payload: Box<serde_json::value::RawValue>,
+    ) -> Result<(), SupervisorError> {
+        let relay = |error| SupervisorError::Relay {
+            extension_id: id.to_string(),
+            error,
+        };
+        let session = self
+            .handle(id)?
+            .session()
+            .ok_or_else(|| relay(crate::ipc::RelayError::NotReady))?;
+        session.send(kind, payload).await.map_err(relay)
+    }
+
+    /// Attach an editor to host-originated requests.
+    pub fn subscribe_messages(
+        &self,
+        filter: Filter,
+    ) -> (
+        messages::Attached,
+        tokio::sync::broadcast::Receiver<Arc<messages::HubMessage>>,
+    ) {
+        self.messages.attach(filter)
+    }
+
+    /// An editor's answer to a host-originated request.
+    pub async fn respond(
+        &self,
+        id: &str,
+        request_id: &serde_json::value::RawValue,
+        result: Result<Box<serde_json::value::RawValue>, String>,
+    ) -> Result<(), SupervisorError> {
+        Ok(self.messages.respond(id, request_id, result).await?)
     }
 
     /// The last event sequence number assigned.

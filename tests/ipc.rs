@@ -1,0 +1,330 @@
+//! The extension-host IPC broker against the reference host fixture.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const S10: Duration = Duration::from_secs(10);
+
+fn ipc_host(d: &Daemon, id: &str, mode: &str) -> Value {
+    let mut p = start_params(d, id, "ipc-host.js", &[]);
+    p["env"]["IPC_HOST_MODE"] = json!(mode);
+    p
+}
+
+async fn wait_for_output(c: &mut Client, id: &str, needle: &str) -> String {
+    let deadline = Instant::now() + S10;
+    loop {
+        let r = c
+            .ok("host.logs", json!({"extensionId": id, "lines": 1000}))
+            .await;
+        let text = r["lines"].to_string();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never printed {needle:?}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_handshake_and_the_ready_event() {
+    timed(async {
+        let d = Daemon::start();
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({})).await;
+        let mut c = d.client().await;
+        let st = c.ok("host.start", ipc_host(&d, "acme.ipc", "echo")).await;
+        assert_eq!(st["ready"], false);
+        let events = sub.events_until(S10, |e| e["kind"] == "ready").await;
+        let ready = events.last().unwrap();
+        assert_eq!(ready["extensionId"], "acme.ipc");
+        assert_eq!(ready["generation"], 1);
+        assert_eq!(ready["status"]["ready"], true);
+        assert_eq!(ready["from"], "running");
+        assert_eq!(ready["to"], "running");
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.ipc"}))
+            .await;
+        assert_eq!(st["ready"], true);
+        assert!(st["readyAt"].as_str().unwrap().ends_with('Z'));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_ready_in_all_three_outcomes() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        // Ready.
+        let mut p = ipc_host(&d, "acme.ok", "echo");
+        p["waitReady"] = json!(true);
+        let st = c.ok("host.start", p).await;
+        assert_eq!(st["ready"], true, "{st}");
+        assert_eq!(st["state"], "running");
+
+        // The host exits first: -32011 with the exit.
+        let mut p = start_params(&d, "acme.dies", "crash-after.js", &["50", "3"]);
+        p["waitReady"] = json!(true);
+        p["restart"] = json!({"maxAttempts": 0});
+        let e = c.err("host.start", p).await;
+        assert_eq!(e.code, -32011, "{e:?}");
+        assert_eq!(e.data["lastExit"]["code"], 3, "{e:?}");
+
+        // Never ready: -32012 after readyTimeoutMs, and the host is killed and
+        // restarted within its budget with the reason.
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.mute"]}))
+            .await;
+        let mut p = ipc_host(&d, "acme.mute", "never-ready");
+        p["waitReady"] = json!(true);
+        p["readyTimeoutMs"] = json!(300);
+        p["restart"] = json!({"backoffMs": 20, "maxAttempts": 1});
+        let t0 = Instant::now();
+        let e = c.err("host.start", p).await;
+        assert_eq!(e.code, -32012, "{e:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        let events = sub.events_until(S10, |e| e["to"] == "crashed").await;
+        let reasons: Vec<&str> = events
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap())
+            .collect();
+        assert!(reasons.contains(&"not ready within 300 ms"), "{reasons:?}");
+        assert!(
+            events.iter().any(|e| e["to"] == "restarting"),
+            "restarted within budget: {reasons:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_response_error_one_way_and_not_ready() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut p = ipc_host(&d, "acme.echo", "echo");
+        p["waitReady"] = json!(true);
+        c.ok("host.start", p).await;
+        let r = c
+            .ok("host.request", json!({"extensionId": "acme.echo", "type": "echo", "payload": {"a": [1, 2], "s": "x\ny"}}))
+            .await;
+        assert_eq!(r, json!({"a": [1, 2], "s": "x\ny"}));
+        let e = c
+            .err("host.request", json!({"extensionId": "acme.echo", "type": "fail", "payload": {"message": "nope"}}))
+            .await;
+        assert_eq!(e.code, -32020);
+        assert_eq!(e.message, "nope");
+        assert_eq!(e.data["type"], "fail-error");
+        assert_eq!(e.data["payload"]["error"], "nope");
+        // One-way.
+        c.ok("host.send", json!({"extensionId": "acme.echo", "type": "note", "payload": {"n": 1}})).await;
+        wait_for_output(&mut c, "acme.echo", r#"note {\"n\":1}"#).await;
+        // A host that never speaks the protocol is not ready: -32021 at once.
+        c.ok("host.start", start_params(&d, "acme.plain", "print-lines.js", &[])).await;
+        let t0 = Instant::now();
+        let e = c.err("host.request", json!({"extensionId": "acme.plain", "type": "echo"})).await;
+        assert_eq!(e.code, -32021);
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(c.err("host.request", json!({"extensionId": "ghost", "type": "echo"})).await.code, -32001);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_requests_in_flight_complete_concurrently() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut p = ipc_host(&d, "acme.slow", "slow-reply");
+        p["env"]["IPC_HOST_DELAY_MS"] = json!("300");
+        p["waitReady"] = json!(true);
+        c.ok("host.start", p).await;
+        let mut conn = RawConn::connect(&d.socket).await;
+        let mut batch = String::new();
+        for i in 0..64 {
+            batch.push_str(
+                &json!({"jsonrpc": "2.0", "id": i, "method": "host.request", "params": {"extensionId": "acme.slow", "type": "echo", "payload": {"i": i}}})
+                    .to_string(),
+            );
+            batch.push('\n');
+        }
+        let t0 = Instant::now();
+        conn.send(batch.as_bytes()).await;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let v = conn.line().await;
+            assert_eq!(v["result"]["i"], v["id"], "{v}");
+            seen.insert(v["id"].as_i64().unwrap());
+        }
+        let took = t0.elapsed();
+        assert_eq!(seen.len(), 64);
+        // Serialized they would take 64 x 300 ms = 19.2 s.
+        assert!(took < Duration::from_secs(3), "64 requests took {took:?}: serialized?");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_and_fail_fast_when_the_host_dies_mid_request() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut p = ipc_host(&d, "acme.t", "echo");
+        p["waitReady"] = json!(true);
+        c.ok("host.start", p).await;
+        let t0 = Instant::now();
+        let e = c
+            .err("host.request", json!({"extensionId": "acme.t", "type": "slow", "payload": {"ms": 3000}, "timeoutMs": 200}))
+            .await;
+        assert_eq!(e.code, -32022);
+        assert!(t0.elapsed() < Duration::from_secs(2));
+
+        let mut slow = d.client().await;
+        let pending = tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = slow
+                .call("host.request", json!({"extensionId": "acme.t", "type": "slow", "payload": {"ms": 20000}, "timeoutMs": 25000}))
+                .await;
+            (r, t0.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let e = c.err("host.request", json!({"extensionId": "acme.t", "type": "crash"})).await;
+        assert_eq!(e.code, -32023, "the crash request itself: {e:?}");
+        let (r, took) = pending.await.unwrap();
+        let e = r.unwrap_err();
+        assert_eq!(e.code, -32023, "{e:?}");
+        assert!(took < Duration::from_secs(3), "failed after {took:?}, not at once");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_catches_a_hung_host_and_it_is_restarted() {
+    timed(async {
+        let d = Daemon::start();
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.hang"]}))
+            .await;
+        let mut c = d.client().await;
+        let mut p = ipc_host(&d, "acme.hang", "hang-after-ready");
+        p["heartbeatIntervalMs"] = json!(100);
+        p["heartbeatTimeoutMs"] = json!(300);
+        p["restart"] = json!({"backoffMs": 20});
+        c.ok("host.start", p).await;
+        let events = sub
+            .events_until(S10, |e| {
+                e["to"] == "running" && e["kind"] == "transition" && e["generation"] == 2
+            })
+            .await;
+        let unhealthy = events
+            .iter()
+            .find(|e| e["to"] == "unhealthy")
+            .expect("never marked unhealthy");
+        assert_eq!(unhealthy["from"], "running");
+        assert_eq!(unhealthy["reason"], "unresponsive for 300 ms");
+        let idx = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap();
+        assert!(idx(&|e| e["kind"] == "ready") < idx(&|e| e["to"] == "unhealthy"));
+        assert!(idx(&|e| e["to"] == "unhealthy") < idx(&|e| e["to"] == "restarting"));
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.hang"}))
+            .await;
+        assert_eq!(st["lastExit"]["signal"], 9, "killed: {st}");
+        assert_eq!(st["restartCount"], 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_originated_requests_answered_by_an_editor_or_refused() {
+    timed(async {
+        let d = Daemon::start();
+        // Nobody attached: the host hears "no editor attached" at once.
+        let mut c = d.client().await;
+        c.ok("host.start", ipc_host(&d, "acme.lonely", "chatty"))
+            .await;
+        wait_for_output(
+            &mut c,
+            "acme.lonely",
+            r#"window-show-message-with-actions-error {\"error\":\"no editor attached\"}"#,
+        )
+        .await;
+
+        // An editor subscribed: it gets host.message and answers.
+        let mut editor = d.client().await;
+        let sub_id = editor
+            .ok(
+                "host.subscribeMessages",
+                json!({"extensionIds": ["acme.chatty"]}),
+            )
+            .await;
+        c.ok("host.start", ipc_host(&d, "acme.chatty", "chatty"))
+            .await;
+        let n = tokio::time::timeout(S10, editor.notifications.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n["method"], "host.message");
+        assert_eq!(n["params"]["subscription"], sub_id);
+        let m = &n["params"]["result"];
+        assert_eq!(m["extensionId"], "acme.chatty");
+        assert_eq!(m["type"], "window-show-message-with-actions");
+        assert_eq!(m["payload"]["message"], "Reload?");
+        let answer =
+            json!({"extensionId": "acme.chatty", "id": m["id"], "payload": {"choice": "Yes"}});
+        editor.ok("host.respond", answer.clone()).await;
+        wait_for_output(
+            &mut c,
+            "acme.chatty",
+            r#"window-show-message-with-actions-response {\"choice\":\"Yes\"}"#,
+        )
+        .await;
+        let e = editor.err("host.respond", answer).await;
+        assert_eq!(e.code, -32024);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_frame_fails_only_that_host() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut other = ipc_host(&d, "acme.good", "echo");
+        other["waitReady"] = json!(true);
+        c.ok("host.start", other).await;
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.bad"]}))
+            .await;
+        let mut p = ipc_host(&d, "acme.bad", "oversize-frame");
+        p["restart"] = json!({"backoffMs": 20, "maxAttempts": 1});
+        c.ok("host.start", p).await;
+        let events = sub.events_until(S10, |e| e["to"] == "unhealthy").await;
+        let reason = events.last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            reason.contains("malformed IPC frame") && reason.contains("exceeds"),
+            "{reason}"
+        );
+        sub.events_until(S10, |e| e["to"] == "crashed").await;
+        // The daemon and the other host are unharmed.
+        let r = c
+            .ok(
+                "host.request",
+                json!({"extensionId": "acme.good", "type": "echo", "payload": 5}),
+            )
+            .await;
+        assert_eq!(r, json!(5));
+        assert!(d.log_text().contains("acme.bad"));
+    })
+    .await;
+}
