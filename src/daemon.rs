@@ -267,8 +267,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
+/// Raise the soft open-files limit to the hard one: every host costs a few
+/// descriptors (pipes, pidfd, IPC sockets), and 1024 is too few for a
+/// thousand hosts.
+#[cfg(unix)]
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Run the daemon in the foreground until SIGTERM, SIGINT or `daemon.shutdown`.
 pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    raise_nofile_limit();
     let socket = paths::resolve_socket(opts.socket.as_deref(), config.socket.as_deref());
     let runtime_dir = socket
         .parent()

@@ -265,6 +265,30 @@ impl Dispatcher {
         }
     }
 
+    /// A dispatcher over the full method set and a supervisor whose hosts can
+    /// never spawn (its `node` does not exist), for fuzzing. Replies that
+    /// would go to subscribers are dropped. Needs a tokio runtime.
+    #[doc(hidden)]
+    pub fn for_fuzzing() -> Self {
+        let dir = std::env::temp_dir().join(format!("hostd-fuzz-{}", std::process::id()));
+        let mut config = crate::supervisor::SupervisorConfig::new(dir.clone());
+        config.node = Some(dir.join("no-such-node"));
+        let (control, _) = mpsc::channel(1);
+        let module = super::build_module(super::RpcContext {
+            supervisor: crate::supervisor::Supervisor::new(config),
+            info: super::DaemonInfo {
+                pid: std::process::id(),
+                started_at: std::time::SystemTime::now(),
+                started: std::time::Instant::now(),
+                socket: dir.join("hostd.sock"),
+            },
+            control,
+            state: Arc::default(),
+        });
+        let (out, _) = mpsc::channel(1);
+        Dispatcher::new(module.into(), 0, Arc::new(Connection::new(out)))
+    }
+
     /// Handle one line. Returns the reply to write, if any.
     pub async fn handle_line(&self, line: &[u8]) -> Option<Reply> {
         let text = match std::str::from_utf8(line) {
@@ -342,7 +366,10 @@ impl Dispatcher {
             ));
         };
         let mut ext = Extensions::new();
-        ext.insert(self.conn.clone());
+        if call.method.starts_with("host.subscribe") || call.method == super::methods::UNSUBSCRIBE {
+            // Only subscriptions need the connection (and the allocation).
+            ext.insert(self.conn.clone());
+        }
         Some(match cb {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
             MethodCallback::Async(f) => f(id, params, self.conn_id, MAX_RESPONSE_BYTES, ext).await,
@@ -418,7 +445,7 @@ pub async fn serve<S>(
         };
         let d = dispatcher.clone();
         let tx = tx.clone();
-        tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             if let Some(reply) = d.handle_line(&bytes).await {
                 let sent = tx.send(reply.json).await.is_ok();
                 for n in reply.on_sent {
@@ -427,6 +454,11 @@ pub async fn serve<S>(
             }
             drop(permit);
         });
+        // Most calls (status, list, logs, info) finish without waiting: run
+        // them here and save a task; anything that waits continues as one.
+        if futures_util::FutureExt::now_or_never(&mut work).is_none() {
+            tokio::spawn(work);
+        }
     }
     drop(dispatcher);
     drop(tx);
