@@ -163,6 +163,14 @@ impl<'de> Deserialize<'de> for NodeConfig {
     }
 }
 
+/// `[sandbox]`: what hosts may see and do.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Extra variables of the daemon's environment hosts inherit, by name.
+    pub env_passthrough: Vec<String>,
+}
+
 /// See `config.example.toml` for every key with its default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +209,7 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// A ping unanswered this long marks the host unresponsive.
     pub heartbeat_timeout_ms: u64,
+    pub sandbox: SandboxConfig,
 }
 
 impl Default for Config {
@@ -223,6 +232,7 @@ impl Default for Config {
             ready_timeout_ms: 60_000,
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 15_000,
+            sandbox: SandboxConfig::default(),
         }
     }
 }

@@ -196,11 +196,14 @@ fn status_line(supervisor: &Supervisor) -> String {
     )
 }
 
-fn supervisor_config(config: &Config, runtime_dir: PathBuf) -> SupervisorConfig {
+fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) -> SupervisorConfig {
     let mut s = SupervisorConfig::new(runtime_dir);
+    s.base_env =
+        crate::supervisor::allowed_env(std::env::vars_os(), &config.sandbox.env_passthrough);
     for k in DAEMON_ONLY_ENV {
         s.base_env.remove(std::ffi::OsStr::new(k));
     }
+    s.state_dir = Some(state_dir.to_path_buf());
     s.node = config.node.path.clone();
     s.restart = config.restart.policy();
     s.stop_timeout = config.stop_timeout();
@@ -287,6 +290,9 @@ fn raise_nofile_limit() {
 pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     raise_nofile_limit();
+    // Before anything can accept a client: a SIGTERM that arrives while we
+    // start up must shut down cleanly, not kill us.
+    let mut signals = Signals::new()?;
     let socket = paths::resolve_socket(opts.socket.as_deref(), config.socket.as_deref());
     let runtime_dir = socket
         .parent()
@@ -306,7 +312,7 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         None => bind(&socket)?,
     };
 
-    let supervisor = Supervisor::new(supervisor_config(&config, runtime_dir.clone()));
+    let supervisor = Supervisor::new(supervisor_config(&config, runtime_dir.clone(), &state_dir));
     let state = Arc::new(DaemonState {
         config_path: config_source(&opts).map(|(p, _)| p),
         last_reload_error: Mutex::new(None),
@@ -351,7 +357,6 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         sd_notify::NotifyState::Status(&status),
     ]);
 
-    let mut signals = Signals::new()?;
     let why = loop {
         tokio::select! {
             s = signals.next() => match s {
@@ -418,8 +423,13 @@ async fn reload(
             for key in restart_only_changes(config, &new) {
                 tracing::warn!(key, "config change needs a daemon restart to take effect");
             }
-            let runtime_dir = supervisor.config().runtime_dir.clone();
-            supervisor.reconfigure(supervisor_config(&new, runtime_dir));
+            let current = supervisor.config();
+            let state_dir = current.state_dir.clone().unwrap_or_default();
+            supervisor.reconfigure(supervisor_config(
+                &new,
+                current.runtime_dir.clone(),
+                &state_dir,
+            ));
             apply_hosts(supervisor, &new, false).await;
             *config = new;
             tracing::info!("config reloaded");

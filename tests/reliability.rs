@@ -84,7 +84,10 @@ async fn chaos_storm() {
                             };
                             calls += 1;
                             if let Err(e) = r {
-                                assert!(matches!(e.code, -32001 | -32002), "unexpected error {e:?}");
+                                assert!(
+                                    matches!(e.code, -32001 | -32002),
+                                    "unexpected error {e:?}"
+                                );
                             }
                         }
                         calls
@@ -100,19 +103,28 @@ async fn chaos_storm() {
         let warm_calls = run(5, 1).await;
         let warm_rss = rss_kib(d.pid());
         let calls = run(25, 2).await;
-        eprintln!("chaos: {} calls, warm RSS {warm_rss} KiB", warm_calls + calls);
+        eprintln!(
+            "chaos: {} calls, warm RSS {warm_rss} KiB",
+            warm_calls + calls
+        );
 
         // Quiesce: stop everything, then a sentinel event after it all.
         let mut c = d.client().await;
         for id in IDS {
             let _ = c.call("host.stop", json!({"extensionId": id})).await;
         }
-        c.ok("host.start", start_params(&d, "zz.sentinel", "print-lines.js", &["1"])).await;
+        c.ok(
+            "host.start",
+            start_params(&d, "zz.sentinel", "print-lines.js", &["1"]),
+        )
+        .await;
         let mut streams = Vec::new();
         for s in &mut subs {
             streams.push(
-                s.events_until(Duration::from_secs(60), |e| e["extensionId"] == "zz.sentinel" && e["to"] == "running")
-                    .await,
+                s.events_until(Duration::from_secs(60), |e| {
+                    e["extensionId"] == "zz.sentinel" && e["to"] == "running"
+                })
+                .await,
             );
         }
         // Identical and strictly ordered across subscribers.
@@ -148,14 +160,24 @@ async fn chaos_storm() {
         // host.list agrees with the last event of each host.
         let list = c.ok("host.list", json!({})).await;
         let hosts = list["hosts"].as_array().unwrap();
-        assert_eq!(hosts.len(), last.len(), "list {hosts:?} vs events {:?}", last.keys());
+        assert_eq!(
+            hosts.len(),
+            last.len(),
+            "list {hosts:?} vs events {:?}",
+            last.keys()
+        );
         for h in hosts {
             let id = h["extensionId"].as_str().unwrap();
             assert_eq!(last[id]["to"], h["state"], "{id}");
             assert_eq!(last[id]["status"]["generation"], h["generation"], "{id}");
         }
-        c.ok("host.stop", json!({"extensionId": "zz.sentinel"})).await;
-        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new(), "fixture processes left");
+        c.ok("host.stop", json!({"extensionId": "zz.sentinel"}))
+            .await;
+        assert_eq!(
+            marker_pids(&d.marker),
+            Vec::<i32>::new(),
+            "fixture processes left"
+        );
         let end_rss = rss_kib(d.pid());
         assert!(
             (end_rss - warm_rss).abs() <= 2048,

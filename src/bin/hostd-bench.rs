@@ -73,11 +73,17 @@ fn parse_args() -> anyhow::Result<Opts> {
                 std::process::exit(0);
             }
             "-h" | "--help" => {
-                println!("usage: hostd-bench [SCENARIO…] [--json] [--repeats N] [--idle-secs S]\nscenarios: {}", ALL.join(" "));
+                println!(
+                    "usage: hostd-bench [SCENARIO…] [--json] [--repeats N] [--idle-secs S]\nscenarios: {}",
+                    ALL.join(" ")
+                );
                 std::process::exit(0);
             }
             s if ALL.contains(&s) => o.scenarios.push(s.to_string()),
-            s => bail!("unknown scenario or option {s:?}; scenarios: {}", ALL.join(" ")),
+            s => bail!(
+                "unknown scenario or option {s:?}; scenarios: {}",
+                ALL.join(" ")
+            ),
         }
     }
     if o.scenarios.is_empty() {
@@ -161,7 +167,9 @@ fn print_table(rows: &[Row]) {
             r.scenario,
             r.metric,
             format!("{} {}", f(r.value), r.unit),
-            r.floor.map(|x| format!("{} {}", f(x), r.unit)).unwrap_or("-".into()),
+            r.floor
+                .map(|x| format!("{} {}", f(x), r.unit))
+                .unwrap_or("-".into()),
             r.ratio.map(|x| format!("{x:.2}×")).unwrap_or("-".into()),
             r.target,
             match r.pass {
@@ -243,7 +251,9 @@ fn fixtures() -> PathBuf {
 
 impl Daemon {
     fn start(config: &str) -> anyhow::Result<Daemon> {
-        let dir = tempfile::Builder::new().prefix("hostd-bench").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("hostd-bench")
+            .tempdir_in("/tmp")?;
         let run = dir.path().join("run");
         std::fs::create_dir(&run)?;
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
@@ -263,7 +273,9 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {} (build it with --release first)", exe.display()))?;
+            .with_context(|| {
+                format!("starting {} (build it with --release first)", exe.display())
+            })?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&socket).is_err() {
             if Instant::now() > deadline {
@@ -348,7 +360,9 @@ impl Conn {
     fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         let id = self.next;
         self.next += 1;
-        self.send_line(&json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string())?;
+        self.send_line(
+            &json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}).to_string(),
+        )?;
         loop {
             let v: Value = serde_json::from_str(self.read_line()?)?;
             if v["id"] == id {
@@ -432,7 +446,11 @@ impl Echo {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        Ok(Echo { child, path, _dir: dir })
+        Ok(Echo {
+            child,
+            path,
+            _dir: dir,
+        })
     }
 }
 
@@ -463,9 +481,13 @@ fn rpc_latency(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let (cfg, _keep) = Daemon::light_config("");
     let d = Daemon::start(&cfg)?;
     let mut c = Conn::open(&d.socket)?;
-    c.call("host.start", json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}))?;
+    c.call(
+        "host.start",
+        json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
+    )?;
     let echo = Echo::start()?;
-    let req = r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+    let req =
+        r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
     let (mut p50, mut p99, mut f50, mut f99) = (vec![], vec![], vec![], vec![]);
     for _ in 0..o.repeats {
         let lat = round_trips(&echo.path, req, 20_000)?;
@@ -477,10 +499,15 @@ fn rpc_latency(o: &Opts) -> anyhow::Result<Vec<Row>> {
     }
     let (p50, f50) = (median(p50), median(f50));
     Ok(vec![
-        row("rpc-latency", "host.status p50 (20,000 sequential)", p50, "µs")
-            .floor(f50)
-            .target("p50 ≤ 1.3× floor", p50 <= 1.3 * f50)
-            .note("peers: supervisord 533 µs, pm2 1,384 µs"),
+        row(
+            "rpc-latency",
+            "host.status p50 (20,000 sequential)",
+            p50,
+            "µs",
+        )
+        .floor(f50)
+        .target("p50 ≤ 1.3× floor", p50 <= 1.3 * f50)
+        .note("peers: supervisord 533 µs, pm2 1,384 µs"),
         row("rpc-latency", "host.status p99", median(p99), "µs").floor(median(f99)),
     ])
 }
@@ -514,9 +541,13 @@ fn rpc_throughput(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let (cfg, _keep) = Daemon::light_config("");
     let d = Daemon::start(&cfg)?;
     let mut c = Conn::open(&d.socket)?;
-    c.call("host.start", json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}))?;
+    c.call(
+        "host.start",
+        json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
+    )?;
     let echo = Echo::start()?;
-    let req = r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+    let req =
+        r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
     let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..o.repeats {
         floor.push(throughput(&echo.path, 8, Duration::from_secs(2), req)?);
@@ -531,7 +562,13 @@ fn rpc_throughput(o: &Opts) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Start `n` hosts at once over a few connections; ms until all are running.
-fn start_many(socket: &Path, prefix: &str, n: usize, entry: &Path, node_env: Value) -> anyhow::Result<f64> {
+fn start_many(
+    socket: &Path,
+    prefix: &str,
+    n: usize,
+    entry: &Path,
+    node_env: Value,
+) -> anyhow::Result<f64> {
     let conns = 8.min(n);
     let t0 = Instant::now();
     let handles: Vec<_> = (0..conns)
@@ -563,8 +600,14 @@ fn start_many(socket: &Path, prefix: &str, n: usize, entry: &Path, node_env: Val
 }
 
 /// The floor: spawn the same programs with plain tokio::process.
-fn plain_spawn(n: usize, program: &Path, args: &[&Path]) -> anyhow::Result<(f64, Vec<tokio::process::Child>)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn plain_spawn(
+    n: usize,
+    program: &Path,
+    args: &[&Path],
+) -> anyhow::Result<(f64, Vec<tokio::process::Child>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
         let mut kids = Vec::with_capacity(n);
@@ -584,7 +627,9 @@ fn plain_spawn(n: usize, program: &Path, args: &[&Path]) -> anyhow::Result<(f64,
 }
 
 fn kill_all(kids: Vec<tokio::process::Child>) -> anyhow::Result<f64> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
         let mut kids = kids;
@@ -609,7 +654,13 @@ fn spawn(o: &Opts) -> anyhow::Result<Vec<Row>> {
         floor.push(f);
         kill_all(kids)?;
         let d = Daemon::start(&cfg)?;
-        ours.push(start_many(&d.socket, &format!("light{r}."), 100, &entry, json!({}))?);
+        ours.push(start_many(
+            &d.socket,
+            &format!("light{r}."),
+            100,
+            &entry,
+            json!({}),
+        )?);
     }
     let (v, f) = (median(ours), median(floor));
     rows.push(
@@ -625,7 +676,13 @@ fn spawn(o: &Opts) -> anyhow::Result<Vec<Row>> {
         floor.push(f);
         kill_all(kids)?;
         let d = Daemon::start("ready_timeout_ms = 0\n")?;
-        ours.push(start_many(&d.socket, &format!("node{r}."), 10, &entry, json!({}))?);
+        ours.push(start_many(
+            &d.socket,
+            &format!("node{r}."),
+            10,
+            &entry,
+            json!({}),
+        )?);
     }
     let (v, f) = (median(ours), median(floor));
     rows.push(
@@ -684,7 +741,9 @@ fn stop(o: &Opts) -> anyhow::Result<Vec<Row>> {
 }
 
 fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
-    let (cfg, keep) = Daemon::light_config("[restart]\nmax_attempts = 100000\nbackoff_ms = 0\nmax_backoff_ms = 0\n");
+    let (cfg, keep) = Daemon::light_config(
+        "[restart]\nmax_attempts = 100000\nbackoff_ms = 0\nmax_backoff_ms = 0\n",
+    );
     let script = keep.path().join("light-node.sh");
     let entry = fixtures().join("print-lines.js");
     let d = Daemon::start(&cfg)?;
@@ -697,7 +756,10 @@ fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let mut lat = Vec::new();
     for _ in 0..kills.max(200) {
         let t0 = Instant::now();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
         let mut got_unhealthy = false;
         loop {
             let v: Value = serde_json::from_str(sub.read_line()?)?;
@@ -714,14 +776,20 @@ fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     // Floor: tokio's Child::wait() wake-up after SIGKILL.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut floor = rt.block_on(async {
         let mut v = Vec::new();
         for _ in 0..200 {
             let mut k = tokio::process::Command::new(&script).spawn()?;
             let p = k.id().unwrap() as i32;
             let t0 = Instant::now();
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL)?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            )?;
             k.wait().await?;
             v.push(t0.elapsed().as_secs_f64() * 1e6);
         }
@@ -730,9 +798,17 @@ fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let p99 = percentile(&lat, 0.99);
     Ok(vec![
-        row("exit-to-event", "SIGKILL → subscriber sees unhealthy, p50", percentile(&lat, 0.5), "µs")
-            .floor(percentile(&floor, 0.5))
-            .note(format!("{} kills; peers: supervisord ~1,002 ms, pm2 2.5 ms", lat.len())),
+        row(
+            "exit-to-event",
+            "SIGKILL → subscriber sees unhealthy, p50",
+            percentile(&lat, 0.5),
+            "µs",
+        )
+        .floor(percentile(&floor, 0.5))
+        .note(format!(
+            "{} kills; peers: supervisord ~1,002 ms, pm2 2.5 ms",
+            lat.len()
+        )),
         row("exit-to-event", "… p99", p99, "µs")
             .floor(percentile(&floor, 0.99))
             .target("p99 ≤ 2 ms", p99 <= 2000.0),
@@ -764,7 +840,13 @@ fn scale(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let list = percentile(&lat, 0.5);
     Ok(vec![
-        row("scale", "daemon RSS with 1,000 hosts", after as f64 / 1024.0, "MiB").note(format!("{:.1} MiB before", before as f64 / 1024.0)),
+        row(
+            "scale",
+            "daemon RSS with 1,000 hosts",
+            after as f64 / 1024.0,
+            "MiB",
+        )
+        .note(format!("{:.1} MiB before", before as f64 / 1024.0)),
         row("scale", "RSS per host", per_host, "KiB").target("≤ 40 KiB", per_host <= 40.0),
         row("scale", "host.list p50 with 1,000 hosts", list, "ms").target("≤ 10 ms", list <= 10.0),
     ])
@@ -782,10 +864,16 @@ fn idle(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let used = cpu_ms(d.pid()) - c0;
     let rss = rss_kib(d.pid()) as f64 / 1024.0;
     Ok(vec![
-        row("idle", &format!("daemon CPU over {} s idle, 100 hosts", o.idle_secs), used, "ms")
-            .target("≤ 5 ms", used <= 5.0)
-            .note("peers: supervisord 30 ms, pm2 60 ms"),
-        row("idle", "daemon RSS, 100 hosts", rss, "MiB").note("peers: supervisord 27 MiB, pm2 61 MiB"),
+        row(
+            "idle",
+            &format!("daemon CPU over {} s idle, 100 hosts", o.idle_secs),
+            used,
+            "ms",
+        )
+        .target("≤ 5 ms", used <= 5.0)
+        .note("peers: supervisord 30 ms, pm2 60 ms"),
+        row("idle", "daemon RSS, 100 hosts", rss, "MiB")
+            .note("peers: supervisord 27 MiB, pm2 61 MiB"),
     ])
 }
 
@@ -841,9 +929,16 @@ fn fanout(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     }
     let ms = (last - t0).as_secs_f64() * 1000.0;
     Ok(vec![
-        row("fanout", "100 subscribers × 1,000 transitions, time to last", ms, "ms")
-            .target("0 lost, 0 reordered", lost == 0 && reordered == 0)
-            .note(format!("{lost} subscribers differed, {reordered} reordered")),
+        row(
+            "fanout",
+            "100 subscribers × 1,000 transitions, time to last",
+            ms,
+            "ms",
+        )
+        .target("0 lost, 0 reordered", lost == 0 && reordered == 0)
+        .note(format!(
+            "{lost} subscribers differed, {reordered} reordered"
+        )),
     ])
 }
 
@@ -857,10 +952,14 @@ fn frame(id: u64, kind: &str, payload: &Value) -> Vec<u8> {
 fn relay(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let d = Daemon::start("heartbeat_interval_ms = 0\n")?;
     let mut c = Conn::open(&d.socket)?;
-    c.call("host.start", json!({"extensionId":"bench.ipc","entry": fixtures().join("ipc-host.js"),"waitReady":true}))?;
+    c.call(
+        "host.start",
+        json!({"extensionId":"bench.ipc","entry": fixtures().join("ipc-host.js"),"waitReady":true}),
+    )?;
     let req = json!({"jsonrpc":"2.0","id":1,"method":"host.request","params":{"extensionId":"bench.ipc","type":"echo","payload":{"x":1}}}).to_string();
     // The same fixture's own socket, spoken to directly.
-    let (host_sock, _) = dscode_hostd::supervisor::host::ipc_paths(d.socket.parent().unwrap(), "bench.ipc");
+    let (host_sock, _) =
+        dscode_hostd::supervisor::host::ipc_paths(d.socket.parent().unwrap(), "bench.ipc");
     let mut direct = UnixStream::connect(&host_sock)?;
     let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..o.repeats {

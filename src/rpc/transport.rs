@@ -403,6 +403,11 @@ impl Invalid {
 /// Serve one accepted connection until the client goes away or `shutdown`
 /// turns true. On shutdown every request already read is answered and
 /// flushed before the connection closes.
+///
+/// One task reads and writes: a call that completes without waiting is
+/// answered inline (no hand-off to another task); calls that wait, and
+/// subscription notifications, come back through the bounded outgoing queue
+/// that this same task drains.
 pub async fn serve<S>(
     stream: S,
     methods: Methods,
@@ -412,102 +417,133 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (read, write) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
-    let (finish_tx, finish_rx) = oneshot::channel();
-    let writer = tokio::spawn(write_loop(write, rx, finish_rx));
+    let (read, mut write) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
     let dispatcher = Dispatcher::new(methods, conn_id, Arc::new(Connection::new(tx.clone())));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     let mut frames = FramedRead::new(read, BoundedLines::new(limits.max_message_bytes));
-    let mut shutting_down = false;
-    loop {
-        let frame = tokio::select! {
-            f = frames.next() => f,
-            _ = shutdown.wait_for(|s| *s) => { shutting_down = true; break }
-        };
-        let bytes = match frame {
-            None => break,
-            Some(Err(e)) => {
-                tracing::debug!(conn_id, error = %e, "connection read failed");
-                break;
-            }
-            Some(Ok(Line::TooLong(_))) => {
-                let msg = error_line(Id::Null, codes::INVALID_REQUEST_CODE, "request too large");
-                if tx.send(msg).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            Some(Ok(Line::Complete(b))) => b.freeze(),
-        };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            break;
-        };
-        let d = dispatcher.clone();
-        let tx = tx.clone();
-        let mut work = Box::pin(async move {
-            if let Some(reply) = d.handle_line(&bytes).await {
-                let sent = tx.send(reply.json).await.is_ok();
-                for n in reply.on_sent {
-                    n.notify(sent);
-                }
-            }
-            drop(permit);
-        });
-        // Most calls (status, list, logs, info) finish without waiting: run
-        // them here and save a task; anything that waits continues as one.
-        if futures_util::FutureExt::now_or_never(&mut work).is_none() {
-            tokio::spawn(work);
-        }
-    }
-    drop(dispatcher);
-    drop(tx);
-    if shutting_down {
-        // Every request read so far has queued its reply once its permit is back.
-        let all = in_flight.acquire_many(limits.max_in_flight as u32);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), all).await;
-        let _ = finish_tx.send(());
-    }
-    // Otherwise the writer ends once every reply in flight and every
-    // subscription has dropped its sender, or the client stops reading.
-    let _ = writer.await;
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut w: W,
-    mut rx: mpsc::Receiver<Box<RawValue>>,
-    mut finish: oneshot::Receiver<()>,
-) {
-    let mut buf = Vec::with_capacity(8 * 1024);
-    loop {
-        let (first, finishing) = tokio::select! {
-            m = rx.recv() => (m, false),
-            Ok(()) = &mut finish => (None, true),
-        };
-        buf.clear();
-        if let Some(m) = first {
-            buf.extend_from_slice(m.get().as_bytes());
-            buf.push(b'\n');
-        } else if !finishing {
-            break;
-        }
-        while finishing || buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(m) => {
-                    buf.extend_from_slice(m.get().as_bytes());
-                    buf.push(b'\n');
-                }
-                Err(_) => break,
-            }
-        }
-        if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+    let mut out = Out::default();
+    let mut reading = !*shutdown.borrow();
+    let mut shutting_down = !reading;
+    let mut dispatcher = Some(dispatcher);
+    let mut tx = Some(tx);
+    while !shutting_down {
+        if !out.buf.is_empty() && (out.write(&mut write).await).is_err() {
             return;
         }
-        if finishing {
-            break;
+        if !reading {
+            // Drop our own senders so the queue closes once every pending
+            // reply and subscription is done.
+            dispatcher = None;
+            tx = None;
+        }
+        tokio::select! {
+            biased;
+            m = rx.recv() => match m {
+                Some(m) => {
+                    out.push(&m);
+                    while let Ok(m) = rx.try_recv() {
+                        out.push(&m);
+                        if out.buf.len() > 64 * 1024 { break; }
+                    }
+                }
+                None => break,
+            },
+            changed = shutdown.changed() => {
+                let stop = changed.is_err() || *shutdown.borrow();
+                if stop {
+                    shutting_down = true;
+                    break;
+                }
+            },
+            frame = frames.next(), if reading => {
+                let bytes = match frame {
+                    None => { reading = false; continue; }
+                    Some(Err(e)) => {
+                        tracing::debug!(conn_id, error = %e, "connection read failed");
+                        reading = false;
+                        continue;
+                    }
+                    Some(Ok(Line::TooLong(_))) => {
+                        out.push(&error_line(Id::Null, codes::INVALID_REQUEST_CODE, "request too large"));
+                        continue;
+                    }
+                    Some(Ok(Line::Complete(b))) => b.freeze(),
+                };
+                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let (Some(d), Some(tx)) = (dispatcher.clone(), tx.clone()) else { break };
+                let mut work = Box::pin(async move { d.handle_line(&bytes).await });
+                match futures_util::FutureExt::now_or_never(&mut work) {
+                    // Done without waiting: answer inline.
+                    Some(reply) => {
+                        drop(permit);
+                        if let Some(reply) = reply {
+                            out.push(&reply.json);
+                            for n in reply.on_sent {
+                                // Queued in order before anything it causes.
+                                n.notify(true);
+                            }
+                        }
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            if let Some(reply) = work.await {
+                                let sent = tx.send(reply.json).await.is_ok();
+                                for n in reply.on_sent {
+                                    n.notify(sent);
+                                }
+                            }
+                            drop(permit);
+                        });
+                    }
+                }
+            },
         }
     }
-    let _ = w.shutdown().await;
+    if shutting_down {
+        // Every request read so far has queued its reply once its permit is
+        // back; then flush and close.
+        dispatcher.take();
+        tx.take();
+        let all = in_flight
+            .clone()
+            .acquire_many_owned(limits.max_in_flight as u32);
+        tokio::pin!(all);
+        let deadline = tokio::time::sleep(std::time::Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut all => break,
+                () = &mut deadline => break,
+                Some(m) = rx.recv() => out.push(&m),
+            }
+        }
+        while let Ok(m) = rx.try_recv() {
+            out.push(&m);
+        }
+        let _ = out.write(&mut write).await;
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Bytes waiting to be written, one message per line.
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+}
+
+impl Out {
+    fn push(&mut self, m: &RawValue) {
+        self.buf.extend_from_slice(m.get().as_bytes());
+        self.buf.push(b'\n');
+    }
+
+    async fn write<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(&self.buf).await?;
+        w.flush().await?;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

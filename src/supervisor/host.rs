@@ -356,6 +356,28 @@ impl HostActor {
         }
     }
 
+    /// `<state>/hosts/<id>/tmp`, created 0700: the host's private TMPDIR.
+    fn private_tmp(&self, config: &SupervisorConfig) -> Option<std::path::PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = config
+            .state_dir
+            .as_ref()?
+            .join("hosts")
+            .join(&*self.id)
+            .join("tmp");
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::warn!(extension_id = %self.id, error = %e, dir = %dir.display(), "cannot create the host's TMPDIR");
+                None
+            }
+        }
+    }
+
     fn settings(&self) -> Arc<SupervisorConfig> {
         self.config.borrow().clone()
     }
@@ -427,6 +449,9 @@ impl HostActor {
         );
         if let Some(rp) = &config.resource_path {
             env.insert("DSCODE_RESOURCE_PATH".into(), rp.clone().into_os_string());
+        }
+        if let Some(tmp) = self.private_tmp(&config) {
+            env.insert("TMPDIR".into(), tmp.into_os_string());
         }
         let cwd = self.spec.cwd.clone().unwrap_or_else(|| {
             self.spec

@@ -213,8 +213,12 @@ pub struct SupervisorConfig {
     pub resource_path: Option<PathBuf>,
     /// Where per-host IPC sockets live (the socket's directory).
     pub runtime_dir: PathBuf,
-    /// The environment hosts inherit.
+    /// The part of the daemon's environment hosts may inherit: already
+    /// filtered through [`allowed_env`].
     pub base_env: BTreeMap<OsString, OsString>,
+    /// Where each host's private storage and TMPDIR live
+    /// (`<state>/hosts/<id>/`); `None` leaves TMPDIR alone.
+    pub state_dir: Option<PathBuf>,
     pub restart: RestartPolicy,
     pub stop_timeout: Duration,
     pub ipc: IpcPolicy,
@@ -241,7 +245,8 @@ impl SupervisorConfig {
             exe_dir,
             resource_path,
             runtime_dir,
-            base_env: std::env::vars_os().collect(),
+            base_env: allowed_env(std::env::vars_os(), &[]),
+            state_dir: None,
             restart: RestartPolicy::default(),
             stop_timeout: Duration::from_millis(5000),
             ipc: IpcPolicy::default(),
@@ -249,6 +254,26 @@ impl SupervisorConfig {
             log_line_bytes: 16 * 1024,
         }
     }
+}
+
+/// The daemon's variables a host may inherit: an allowlist, not the daemon's
+/// whole environment. `PATH`, `HOME`, `USER`, `LANG`, `LC_*`, `TZ`, `DSCODE_*`
+/// and the names in `passthrough`. `NODE_OPTIONS` (`--require` injects code),
+/// `NODE_EXTRA_CA_CERTS` and `LD_*` never pass implicitly: only by name in
+/// `passthrough` or in a start request's `env`.
+pub fn allowed_env(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+    passthrough: &[String],
+) -> BTreeMap<OsString, OsString> {
+    vars.into_iter()
+        .filter(|(k, _)| {
+            let Some(k) = k.to_str() else { return false };
+            passthrough.iter().any(|p| p == k)
+                || matches!(k, "PATH" | "HOME" | "USER" | "LANG" | "TZ")
+                || k.starts_with("LC_")
+                || (k.starts_with("DSCODE_") && k != "DSCODE_HOSTD_SOCKET")
+        })
+        .collect()
 }
 
 /// Extension ids: `^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$`, no `..`.
@@ -765,6 +790,28 @@ mod tests {
             .collect();
         assert_eq!(got, [1000, 2000, 4000, 5000, 5000]);
         assert_eq!(p.backoff_for(200), Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn only_allowlisted_variables_are_inherited() {
+        let vars = [
+            ("PATH", "/bin"),
+            ("HOME", "/home/u"),
+            ("LC_ALL", "C"),
+            ("NODE_OPTIONS", "--require /tmp/evil.js"),
+            ("NODE_EXTRA_CA_CERTS", "/x"),
+            ("LD_PRELOAD", "/x.so"),
+            ("AWS_SECRET_ACCESS_KEY", "k"),
+            ("DSCODE_RESOURCE_PATH", "/r"),
+            ("DSCODE_HOSTD_SOCKET", "/s"),
+            ("HTTPS_PROXY", "p"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = allowed_env(vars.clone(), &[]);
+        let keys: Vec<_> = env.keys().map(|k| k.to_str().unwrap()).collect();
+        assert_eq!(keys, ["DSCODE_RESOURCE_PATH", "HOME", "LC_ALL", "PATH"]);
+        let env = allowed_env(vars, &["HTTPS_PROXY".into()]);
+        assert!(env.contains_key(std::ffi::OsStr::new("HTTPS_PROXY")));
     }
 
     #[test]
