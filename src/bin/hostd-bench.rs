@@ -149,8 +149,8 @@ fn main() -> anyhow::Result<()> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<15} {:<38} {:>12} {:>12} {:>7}  {:<22} {:<5} {}",
-        "SCENARIO", "METRIC", "VALUE", "FLOOR", "RATIO", "TARGET", "PASS", "NOTE"
+        "{:<15} {:<38} {:>12} {:>12} {:>7}  {:<22} {:<5} NOTE",
+        "SCENARIO", "METRIC", "VALUE", "FLOOR", "RATIO", "TARGET", "PASS"
     );
     for r in rows {
         let f = |v: f64| {
@@ -752,9 +752,9 @@ fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let mut c = Conn::open(&d.socket)?;
     let st = c.call("host.start", json!({"extensionId":"bench.k","entry":entry}))?;
     let mut pid = st["pid"].as_i64().context("pid")? as i32;
-    let kills = 200 * o.repeats.max(1) / 3.max(1);
+    let kills = (200 * o.repeats / 3).max(200);
     let mut lat = Vec::new();
-    for _ in 0..kills.max(200) {
+    for _ in 0..kills {
         let t0 = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
