@@ -307,6 +307,11 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     let state_dir = paths::resolve_state_dir(opts.state_dir.as_deref());
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    // Hosts a SIGKILLed predecessor left behind (its direct children died
+    // with it through PDEATHSIG; their own children may not have).
+    for r in crate::supervisor::records::reap_leftovers(&state_dir.join("running.json")) {
+        tracing::warn!(leftover = %r, "killed a host left by a previous daemon");
+    }
     let listener = match inherited {
         Some(l) => l,
         None => bind(&socket)?,

@@ -132,6 +132,28 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         .kill_on_drop(false);
     #[cfg(unix)]
     cmd.process_group(0);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = nix::unistd::getpid();
+        // SAFETY: runs in the forked child before exec. It makes two raw
+        // syscalls (prctl, getppid) and builds errors from raw errno values:
+        // no allocation, no locks, no logging, no panics.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Die with the daemon. PDEATHSIG fires when the *thread* that
+                // forked exits, hence the dedicated spawner thread.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)?;
+                // The daemon may have died between fork and prctl.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(
+                        nix::errno::Errno::ESRCH as i32,
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         path: spec.node.clone(),
         source: Arc::new(source),
@@ -145,6 +167,51 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         pid,
         pgid: pid as i32,
     })
+}
+
+type Job = (
+    LaunchSpec,
+    std::sync::mpsc::SyncSender<Result<Spawned, SpawnError>>,
+);
+
+/// The one long-lived thread every host is forked from.
+///
+/// `PR_SET_PDEATHSIG` fires when the thread that forked the child exits, not
+/// the process: a child forked from a pooled thread that later retires
+/// would be killed for no reason (reproduced with `spawn_blocking`). This
+/// thread lives as long as the daemon.
+pub struct Spawner {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl Spawner {
+    /// Start the thread; it registers children with the current tokio runtime.
+    pub fn start() -> io::Result<Arc<Spawner>> {
+        let handle = tokio::runtime::Handle::current();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("hostd-spawner".into())
+            .spawn(move || {
+                let _runtime = handle.enter();
+                while let Ok((spec, reply)) = rx.recv() {
+                    let _ = reply.send(spawn(&spec));
+                }
+            })?;
+        Ok(Arc::new(Spawner { tx }))
+    }
+
+    /// Spawn on the spawner thread and wait for the result (a fork and an
+    /// exec: about a millisecond).
+    pub fn spawn(&self, spec: LaunchSpec) -> Result<Spawned, SpawnError> {
+        let node = spec.node.clone();
+        let gone = || SpawnError::Exec {
+            path: node.clone(),
+            source: Arc::new(io::Error::other("the spawner thread is gone")),
+        };
+        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        self.tx.send((spec, reply)).map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
+    }
 }
 
 /// A signal the supervisor sends to a host's process group.

@@ -58,3 +58,92 @@ async fn hosts_get_an_allowlisted_environment() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_orphans_when_the_daemon_is_sigkilled() {
+    timed(async {
+        let mut d = Daemon::start();
+        let mut c = d.client().await;
+        let st = c
+            .ok(
+                "host.start",
+                start_params(&d, "acme.tree", "fork-grandchild.js", &[]),
+            )
+            .await;
+        let node_pid = st["pid"].as_i64().unwrap() as i32;
+        // The grandchild (sleep) in the host's process group.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleep_pid: i32 = loop {
+            let logs = c.ok("host.logs", json!({"extensionId": "acme.tree"})).await;
+            if let Some(p) = logs["lines"].as_array().unwrap().iter().find_map(|l| {
+                l["text"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix("sleep ")
+                    .map(|p| p.trim().parse().unwrap())
+            }) {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no grandchild");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // running.json has the record (written within ~10 ms).
+        let records = d.dir.join("state/running.json");
+        eventually(
+            Duration::from_secs(5),
+            "running.json records the host",
+            || std::fs::read_to_string(&records).is_ok_and(|t| t.contains("acme.tree")),
+        )
+        .await;
+        // An unrelated process, recorded with the right pid but another start
+        // time (a recycled pid), must survive the next daemon's reaping.
+        let mut bystander = std::process::Command::new("sleep");
+        std::os::unix::process::CommandExt::process_group(&mut bystander, 0);
+        let mut bystander = bystander.arg("1000").spawn().unwrap();
+        let by_pid = bystander.id() as i32;
+
+        signal(d.pid(), SIGKILL);
+        d.wait_exit(Duration::from_secs(5)).await;
+        eventually(
+            Duration::from_secs(1),
+            "the direct child dies with the daemon (PDEATHSIG)",
+            || !process_alive(node_pid),
+        )
+        .await;
+        assert!(
+            process_alive(sleep_pid),
+            "the grandchild is the leftover this test is about"
+        );
+
+        let mut recs: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&records).unwrap()).unwrap();
+        recs.push(
+            json!({"extensionId": "bystander", "pid": by_pid, "pgid": by_pid, "startTime": 1}),
+        );
+        std::fs::write(&records, serde_json::to_string(&recs).unwrap()).unwrap();
+
+        let second = Daemon::start_with(DaemonOpts {
+            dir: Some(d.dir.clone()),
+            marker: Some(d.marker.clone()),
+            ..Default::default()
+        });
+        eventually(
+            Duration::from_secs(2),
+            "the leftover grandchild is reaped",
+            || !process_alive(sleep_pid),
+        )
+        .await;
+        assert!(process_alive(by_pid), "a recycled pid was killed");
+        assert!(
+            second
+                .log_text()
+                .contains("killed a host left by a previous daemon"),
+            "{}",
+            second.log_text()
+        );
+        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+    })
+    .await;
+}

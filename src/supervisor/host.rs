@@ -131,6 +131,8 @@ pub struct ActorParts {
     pub registry: Weak<Registry>,
     pub force_kill: watch::Receiver<bool>,
     pub messages: Arc<MessageHub>,
+    pub spawner: Arc<crate::spawn::Spawner>,
+    pub records: Option<Arc<super::records::Records>>,
 }
 
 /// Start the actor task; it registers its initial `stopped` status.
@@ -154,6 +156,8 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         registry: parts.registry,
         force_kill: parts.force_kill,
         messages: parts.messages,
+        spawner: parts.spawner,
+        records: parts.records,
         rx,
         logs,
         session_slot: session,
@@ -205,6 +209,8 @@ struct HostActor {
     registry: Weak<Registry>,
     force_kill: watch::Receiver<bool>,
     messages: Arc<MessageHub>,
+    spawner: Arc<crate::spawn::Spawner>,
+    records: Option<Arc<super::records::Records>>,
     rx: mpsc::Receiver<Command>,
     logs: SharedLogRing,
     /// Shared with the handle so requests bypass the actor.
@@ -493,13 +499,16 @@ impl HostActor {
                 config.resource_path.as_deref(),
             )?;
             self.node = Some(node.display().to_string());
-            Ok((spawn::spawn(&self.launch_spec(node))?, prepared))
+            Ok((self.spawner.spawn(self.launch_spec(node))?, prepared))
         });
         match spawned {
             Ok((mut s, prepared)) => {
                 self.generation += 1;
                 self.pid = Some(s.pid);
                 self.pgid = Some(s.pgid);
+                if let Some(r) = &self.records {
+                    r.up(&self.id, s.pid, s.pgid);
+                }
                 self.started = Some((SystemTime::now(), Instant::now()));
                 self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
                 let max = config.log_line_bytes;
@@ -583,6 +592,9 @@ impl HostActor {
         // Unrequested exit: the group's leftovers go with it.
         if let Some(pgid) = self.pgid.take() {
             spawn::signal_group(pgid, StopSignal::Kill);
+        }
+        if let Some(r) = &self.records {
+            r.down(&self.id);
         }
         match self.state {
             HostState::Running => {
@@ -714,6 +726,9 @@ impl HostActor {
 
     fn finish_stop(&mut self) {
         self.pgid = None;
+        if let Some(r) = &self.records {
+            r.down(&self.id);
+        }
         let reason = match &self.last_exit {
             Some(e) if self.generation > 0 => format!(
                 "stopped ({})",

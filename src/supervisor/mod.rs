@@ -10,6 +10,7 @@ pub mod events;
 pub mod host;
 pub mod logs;
 pub mod messages;
+pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -343,6 +344,10 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
 /// See the module documentation.
 pub struct Supervisor {
     config: watch::Sender<Arc<SupervisorConfig>>,
+    /// Started with the first host (it needs the runtime).
+    spawner: std::sync::OnceLock<Arc<crate::spawn::Spawner>>,
+    /// `running.json`, started with the first host; `None` without a state dir.
+    records: std::sync::OnceLock<Option<Arc<records::Records>>>,
     messages: Arc<messages::MessageHub>,
     bus: Arc<EventBus>,
     registry: Arc<Registry>,
@@ -390,6 +395,8 @@ impl Supervisor {
         let (force_kill, _) = watch::channel(false);
         Arc::new(Supervisor {
             config: watch::Sender::new(Arc::new(config)),
+            spawner: std::sync::OnceLock::new(),
+            records: std::sync::OnceLock::new(),
             messages: messages::MessageHub::new(),
             bus: Arc::new(EventBus::new()),
             registry: Arc::new(Registry::default()),
@@ -597,6 +604,19 @@ impl Supervisor {
             registry: Arc::downgrade(&self.registry),
             force_kill: self.force_kill.subscribe(),
             messages: self.messages.clone(),
+            spawner: self
+                .spawner
+                .get_or_init(|| {
+                    crate::spawn::Spawner::start().expect("cannot start the spawner thread")
+                })
+                .clone(),
+            records: self
+                .records
+                .get_or_init(|| {
+                    let dir = self.config().state_dir.clone()?;
+                    Some(records::Records::start(dir.join("running.json")))
+                })
+                .clone(),
         });
         hosts.insert(id.to_string(), handle.clone());
         handle

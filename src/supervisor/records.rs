@@ -1,0 +1,209 @@
+//! `<state>/running.json`: every live host process (pid, process group, start
+//! time), rewritten atomically, so that a daemon started after a SIGKILLed
+//! one can kill what it left behind — and never a process that merely reuses
+//! a recorded pid.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// One live host process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub extension_id: String,
+    pub pid: i32,
+    pub pgid: i32,
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot).
+    pub start_time: u64,
+}
+
+/// The start time of `pid`, if it is alive (zombies count as gone).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(f.first(), Some(&"Z") | Some(&"X")) {
+        return None;
+    }
+    // After the command: state is field 3, so starttime (22) is index 19.
+    f.get(19)?.parse().ok()
+}
+
+/// See the module documentation. Updates are cheap (a map under a lock); a
+/// writer task coalesces them into at most one rewrite per 10 ms.
+pub struct Records {
+    live: Mutex<BTreeMap<String, Record>>,
+    changed: Notify,
+}
+
+impl Records {
+    /// Start the writer task for `path` (needs a tokio runtime).
+    pub fn start(path: PathBuf) -> Arc<Records> {
+        let r = Arc::new(Records {
+            live: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+        });
+        let me = r.clone();
+        tokio::spawn(async move {
+            loop {
+                me.changed.notified().await;
+                let snapshot: Vec<Record> = me.lock().values().cloned().collect();
+                let path = path.clone();
+                let res = tokio::task::spawn_blocking(move || write_atomic(&path, &snapshot)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::warn!(error = %e, "cannot write running.json");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        r
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Record>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn up(&self, extension_id: &str, pid: u32, pgid: i32) {
+        let pid = pid as i32;
+        let Some(start_time) = start_time(pid) else {
+            return;
+        };
+        self.lock().insert(
+            extension_id.to_string(),
+            Record {
+                extension_id: extension_id.to_string(),
+                pid,
+                pgid,
+                start_time,
+            },
+        );
+        self.changed.notify_one();
+    }
+
+    pub fn down(&self, extension_id: &str) {
+        if self.lock().remove(extension_id).is_some() {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Temp file, fsync, rename, fsync the directory.
+fn write_atomic(path: &Path, records: &[Record]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// At start-up: kill what a previous daemon's record says is still running.
+/// A group is killed when its leader is the recorded process (same pid and
+/// start time); when the leader is gone, the group's members that started
+/// after it are killed one by one. A recorded pid now used by an unrelated
+/// process (another start time) is left alone. Returns what was reaped.
+pub fn reap_leftovers(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let records: Vec<Record> = match serde_json::from_slice(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable running.json");
+            return Vec::new();
+        }
+    };
+    let mut reaped = Vec::new();
+    for r in records {
+        if r.pgid <= 1 {
+            continue;
+        }
+        match start_time(r.pid) {
+            Some(t) if t == r.start_time => {
+                crate::spawn::signal_group(r.pgid, crate::spawn::StopSignal::Kill);
+                reaped.push(format!("{} (group {})", r.extension_id, r.pgid));
+            }
+            Some(_) => {
+                tracing::info!(extension_id = %r.extension_id, pid = r.pid, "recorded pid now belongs to another process; left alone");
+            }
+            None => {
+                let members = group_members_since(r.pgid, r.start_time);
+                for pid in &members {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if !members.is_empty() {
+                    reaped.push(format!(
+                        "{} ({} leftover processes of group {})",
+                        r.extension_id,
+                        members.len(),
+                        r.pgid
+                    ));
+                }
+            }
+        }
+    }
+    let _ = write_atomic(path, &[]);
+    reaped
+}
+
+/// Live processes of group `pgid` that started no earlier than `since`.
+fn group_members_since(pgid: i32, since: u64) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let in_group = crate::spawn::parse_stat_state_pgrp(&stat)
+                .is_some_and(|(state, g)| g == pgid && state != 'Z' && state != 'X');
+            in_group && start_time(*pid).is_some_and(|t| t >= since)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_start_time_is_readable_and_stable() {
+        let me = std::process::id() as i32;
+        let t = start_time(me).unwrap();
+        assert_eq!(start_time(me), Some(t));
+        assert_eq!(start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn a_recycled_pid_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        let me = std::process::id() as i32;
+        let wrong = Record {
+            extension_id: "x".into(),
+            pid: me,
+            pgid: me,
+            start_time: start_time(me).unwrap() + 12345,
+        };
+        write_atomic(&path, &[wrong]).unwrap();
+        assert!(reap_leftovers(&path).is_empty());
+        // Still alive to assert this; the file is emptied.
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "[]");
+    }
+}
