@@ -126,16 +126,23 @@ pub enum LogFormat {
     Json,
 }
 
-/// `node`: a path, or a table (`[node]`) that later gains verification keys.
+/// `node`: a path, or a `[node]` table with `path`, `sha256` and `verify`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeConfig {
     pub path: Option<PathBuf>,
+    /// Allowed sha256 digests of the binary (hex).
+    pub sha256: Vec<String>,
+    pub verify: crate::verify::VerifyMode,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeTable {
     path: Option<PathBuf>,
+    #[serde(default)]
+    sha256: Vec<String>,
+    #[serde(default)]
+    verify: crate::verify::VerifyMode,
 }
 
 impl<'de> Deserialize<'de> for NodeConfig {
@@ -149,6 +156,7 @@ impl<'de> Deserialize<'de> for NodeConfig {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeConfig, E> {
                 Ok(NodeConfig {
                     path: Some(PathBuf::from(v)),
+                    ..Default::default()
                 })
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
@@ -156,7 +164,11 @@ impl<'de> Deserialize<'de> for NodeConfig {
                 map: A,
             ) -> Result<NodeConfig, A::Error> {
                 let t = NodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(NodeConfig { path: t.path })
+                Ok(NodeConfig {
+                    path: t.path,
+                    sha256: t.sha256.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                    verify: t.verify,
+                })
             }
         }
         d.deserialize_any(V)
@@ -278,6 +290,20 @@ impl Config {
             return invalid(
                 "ipc_max_message_bytes",
                 "must be between 1024 and 4294967295",
+            );
+        }
+        if self.node.verify == crate::verify::VerifyMode::Required && self.node.sha256.is_empty() {
+            return invalid("node.verify", "is \"required\" but node.sha256 is empty");
+        }
+        if let Some(h) = self
+            .node
+            .sha256
+            .iter()
+            .find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return invalid(
+                "node.sha256",
+                &format!("{h:?} is not a 64-digit hex sha256"),
             );
         }
         if self.log_max_files == 0 {
@@ -405,6 +431,23 @@ mod tests {
         let c = Config::parse("[node]\npath = \"/opt/node\"\n", Path::new("c")).unwrap();
         assert_eq!(c.node.path.as_deref(), Some(Path::new("/opt/node")));
         assert!(Config::parse("[node]\npaht = \"/x\"\n", Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn node_verification_keys() {
+        let h = "a".repeat(64);
+        let c = Config::parse(
+            &format!("[node]\nsha256 = [\"{h}\"]\nverify = \"required\"\n"),
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.node.sha256, vec![h]);
+        let e = Config::parse("[node]\nverify = \"required\"\n", Path::new("c"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node.verify"), "{e}");
+        assert!(Config::parse("[node]\nsha256 = [\"xyz\"]\n", Path::new("c")).is_err());
+        assert!(Config::parse("[node]\nverify = \"sometimes\"\n", Path::new("c")).is_err());
     }
 
     #[test]

@@ -205,6 +205,10 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) ->
     }
     s.state_dir = Some(state_dir.to_path_buf());
     s.node = config.node.path.clone();
+    s.node_policy = crate::verify::NodePolicy {
+        mode: config.node.verify,
+        sha256: config.node.sha256.clone(),
+    };
     s.restart = config.restart.policy();
     s.stop_timeout = config.stop_timeout();
     s.ipc = config.ipc_policy();

@@ -21,3 +21,5 @@ pub mod spawn;
 pub mod state;
 pub mod supervisor;
 pub mod time;
+#[cfg(unix)]
+pub mod verify;

@@ -25,6 +25,8 @@ pub enum SpawnError {
         #[source]
         source: Arc<io::Error>,
     },
+    #[error(transparent)]
+    Verify(#[from] crate::verify::VerifyError),
 }
 
 impl SpawnError {
@@ -33,6 +35,8 @@ impl SpawnError {
         match self {
             SpawnError::NodeNotFound { .. } => None,
             SpawnError::Exec { path, .. } => Some(path),
+            SpawnError::Verify(crate::verify::VerifyError::Read { path, .. })
+            | SpawnError::Verify(crate::verify::VerifyError::Mismatch { path, .. }) => Some(path),
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// The complete environment of the child.
     pub env: BTreeMap<OsString, OsString>,
+    /// A verified, open Node binary: executed through this descriptor
+    /// (`/proc/self/fd/N`), so what runs is what was hashed.
+    pub exec_fd: Option<Arc<std::fs::File>>,
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
@@ -120,7 +127,15 @@ pub struct Spawned {
 /// Spawn `node <entry> [args…]` in a new process group with stdin null and
 /// stdout/stderr piped. The Node binary is never modified.
 pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
-    let mut cmd = Command::new(&spec.node);
+    let mut cmd = match &spec.exec_fd {
+        Some(f) => {
+            use std::os::fd::AsRawFd;
+            let mut cmd = Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            cmd.arg0(&spec.node);
+            cmd
+        }
+        None => Command::new(&spec.node),
+    };
     cmd.arg(&spec.entry)
         .args(&spec.args)
         .current_dir(&spec.cwd)
@@ -396,6 +411,7 @@ mod tests {
             args: vec!["sleep 1000 & wait".into()],
             cwd: "/".into(),
             env,
+            exec_fd: None,
         };
         let mut s = spawn(&spec).unwrap();
         assert!(group_alive(s.pgid));

@@ -147,3 +147,102 @@ async fn no_orphans_when_the_daemon_is_sigkilled() {
     })
     .await;
 }
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A private copy of node (so tests can tamper with it).
+fn node_copy(dir: &std::path::Path) -> std::path::PathBuf {
+    let copy = dir.join("node-copy");
+    std::fs::copy(require_node(), &copy).unwrap();
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_node_is_refused_with_32004() {
+    timed(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let node = node_copy(tmp.path());
+        let good = sha256_hex(&node);
+        // Flip one byte in the middle.
+        let mut bytes = std::fs::read(&node).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&node, &bytes).unwrap();
+        let bad = sha256_hex(&node);
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "[node]\npath = \"{}\"\nsha256 = [\"{good}\"]\nverify = \"required\"\n",
+                node.display()
+            )),
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let e = c
+            .err(
+                "host.start",
+                start_params(&d, "acme.v", "print-lines.js", &[]),
+            )
+            .await;
+        assert_eq!(e.code, -32004, "{e:?}");
+        for part in [node.to_str().unwrap(), &good, &bad] {
+            assert!(e.message.contains(part), "{} lacks {part}", e.message);
+        }
+        assert_eq!(e.data["actual"], bad);
+        let st = c.ok("host.status", json!({"extensionId": "acme.v"})).await;
+        assert_eq!(st["state"], "crashed");
+        assert_eq!(st["generation"], 0, "nothing was executed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_runs_is_what_was_hashed_even_if_the_file_is_swapped() {
+    timed(async {
+        let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
+        let node = node_copy(tmp.path());
+        let good = sha256_hex(&node);
+        // After verification, replace the binary with an impostor that would
+        // print SWAPPED and exit 42.
+        let hook = tmp.path().join("swap.sh");
+        std::fs::write(
+            &hook,
+            "#!/bin/sh\nprintf '#!/bin/sh\\necho SWAPPED; exit 42\\n' > \"$1.new\"\nchmod +x \"$1.new\"\nmv \"$1.new\" \"$1\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!("[node]\npath = \"{}\"\nsha256 = [\"{good}\"]\n", node.display())),
+            env: vec![("DSCODE_HOSTD_TEST_AFTER_VERIFY".into(), hook.display().to_string())],
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        c.ok("host.start", start_params(&d, "acme.swap", "print-lines.js", &["2"])).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let logs = c.ok("host.logs", json!({"extensionId": "acme.swap"})).await.to_string();
+            assert!(!logs.contains("SWAPPED"), "the swapped file ran: {logs}");
+            if logs.contains("line 2") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the original node never ran: {logs}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(std::fs::read_to_string(&node).unwrap().contains("SWAPPED"), "the hook did swap the file");
+        let st = c.ok("host.status", json!({"extensionId": "acme.swap"})).await;
+        assert_eq!(st["state"], "running");
+    })
+    .await;
+}

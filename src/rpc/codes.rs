@@ -12,6 +12,9 @@ pub const UNKNOWN_HOST: i32 = -32001;
 pub const INVALID_TRANSITION: i32 = -32002;
 /// The message names the path and the OS error.
 pub const SPAWN_FAILED: i32 = -32003;
+/// The Node binary failed verification; the message gives the path and the
+/// expected and actual hashes.
+pub const VERIFY_FAILED: i32 = -32004;
 pub const SHUTTING_DOWN: i32 = -32005;
 /// `daemon.reload` found an invalid config; the previous one is kept.
 pub const RELOAD_FAILED: i32 = -32007;

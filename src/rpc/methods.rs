@@ -81,6 +81,28 @@ impl From<SupervisorError> for ErrorObjectOwned {
             ),
             SupervisorError::Spawn {
                 extension_id,
+                source: crate::spawn::SpawnError::Verify(v),
+            } => {
+                let data = match &v {
+                    crate::verify::VerifyError::Mismatch {
+                        path,
+                        expected,
+                        actual,
+                    } => json!({
+                        "extensionId": extension_id, "path": path, "expected": expected, "actual": actual,
+                    }),
+                    crate::verify::VerifyError::Read { path, .. } => {
+                        json!({ "extensionId": extension_id, "path": path })
+                    }
+                };
+                ErrorObject::owned(
+                    codes::VERIFY_FAILED,
+                    format!("node verification failed: {v}"),
+                    Some(data),
+                )
+            }
+            SupervisorError::Spawn {
+                extension_id,
                 source,
             } => ErrorObject::owned(
                 codes::SPAWN_FAILED,

@@ -472,6 +472,7 @@ impl HostActor {
             args: self.spec.args.clone(),
             cwd,
             env,
+            exec_fd: None,
         }
     }
 
@@ -499,7 +500,19 @@ impl HostActor {
                 config.resource_path.as_deref(),
             )?;
             self.node = Some(node.display().to_string());
-            Ok((self.spawner.spawn(self.launch_spec(node))?, prepared))
+            let verified = if config.node_policy.active() {
+                Some(crate::verify::open_verified(
+                    &node,
+                    &config.node_policy.sha256,
+                )?)
+            } else {
+                None
+            };
+            let mut spec = self.launch_spec(node);
+            spec.exec_fd = verified.map(|v| v.file);
+            #[cfg(debug_assertions)]
+            test_hook_after_verify(&spec);
+            Ok((self.spawner.spawn(spec)?, prepared))
         });
         match spawned {
             Ok((mut s, prepared)) => {
@@ -812,6 +825,18 @@ impl HostActor {
             reg.remove_instance(&self.id, self.instance);
         }
         tracing::info!(extension_id = %self.id, "host removed");
+    }
+}
+
+/// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
+/// the Node binary is verified and before it is executed, so a test can swap
+/// the file in that window.
+#[cfg(debug_assertions)]
+fn test_hook_after_verify(spec: &LaunchSpec) {
+    if spec.exec_fd.is_some()
+        && let Some(cmd) = std::env::var_os("DSCODE_HOSTD_TEST_AFTER_VERIFY")
+    {
+        let _ = std::process::Command::new(cmd).arg(&spec.node).status();
     }
 }
 

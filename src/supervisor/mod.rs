@@ -208,6 +208,8 @@ impl HostStatus {
 pub struct SupervisorConfig {
     /// `node` from the config: overrides the search.
     pub node: Option<PathBuf>,
+    /// Whether and against what the Node binary is verified.
+    pub node_policy: crate::verify::NodePolicy,
     /// Directory of the daemon executable, for bundled Node.
     pub exe_dir: Option<PathBuf>,
     /// `DSCODE_RESOURCE_PATH` as the seed computed it.
@@ -243,6 +245,7 @@ impl SupervisorConfig {
             });
         SupervisorConfig {
             node: None,
+            node_policy: crate::verify::NodePolicy::default(),
             exe_dir,
             resource_path,
             runtime_dir,
