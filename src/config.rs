@@ -181,6 +181,30 @@ impl<'de> Deserialize<'de> for NodeConfig {
 pub struct SandboxConfig {
     /// Extra variables of the daemon's environment hosts inherit, by name.
     pub env_passthrough: Vec<String>,
+    /// `default` (Landlock + seccomp + NO_NEW_PRIVS + RLIMIT_CORE=0) or `off`.
+    pub profile: SandboxProfile,
+    /// More paths hosts may write, beyond their private dir and TMPDIR.
+    pub writable_paths: Vec<PathBuf>,
+    /// `allow` or `deny` (TCP bind/connect, via Landlock; UDP is not covered).
+    pub network: NetworkPolicy,
+    /// Make a kernel without Landlock a start error instead of a warning.
+    pub require: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxProfile {
+    #[default]
+    Default,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkPolicy {
+    #[default]
+    Allow,
+    Deny,
 }
 
 /// See `config.example.toml` for every key with its default.

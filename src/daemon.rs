@@ -204,6 +204,16 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) ->
         s.base_env.remove(std::ffi::OsStr::new(k));
     }
     s.state_dir = Some(state_dir.to_path_buf());
+    #[cfg(target_os = "linux")]
+    {
+        use crate::config::{NetworkPolicy, SandboxProfile};
+        s.sandbox = crate::sandbox::SandboxPolicy {
+            off: config.sandbox.profile == SandboxProfile::Off,
+            writable: config.sandbox.writable_paths.clone(),
+            deny_network: config.sandbox.network == NetworkPolicy::Deny,
+            require: config.sandbox.require,
+        };
+    }
     s.node = config.node.path.clone();
     s.node_policy = crate::verify::NodePolicy {
         mode: config.node.verify,
@@ -245,6 +255,38 @@ async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: boo
         }
     }
     while starts.join_next().await.is_some() {}
+}
+
+/// Probe the kernel once: log what the sandbox cannot do here (or refuse to
+/// start with `sandbox.require`), and report it in `daemon.info`.
+#[cfg(target_os = "linux")]
+fn sandbox_support(config: &Config) -> anyhow::Result<Option<serde_json::Value>> {
+    let s = crate::sandbox::support();
+    if config.sandbox.profile == crate::config::SandboxProfile::Off {
+        tracing::warn!(
+            "sandbox.profile = \"off\": hosts run without Landlock, seccomp or NO_NEW_PRIVS"
+        );
+    } else if s.landlock == "unsupported" || s.seccomp == "unsupported" {
+        if config.sandbox.require {
+            bail!(
+                "sandbox.require is set but this kernel lacks it: landlock {}, seccomp {}",
+                s.landlock,
+                s.seccomp
+            );
+        }
+        tracing::warn!(landlock = %s.landlock, seccomp = %s.seccomp, "the sandbox is degraded on this kernel");
+    }
+    let mut v = serde_json::to_value(&s)?;
+    v["profile"] = serde_json::json!(match config.sandbox.profile {
+        crate::config::SandboxProfile::Default => "default",
+        crate::config::SandboxProfile::Off => "off",
+    });
+    Ok(Some(v))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sandbox_support(_config: &Config) -> anyhow::Result<Option<serde_json::Value>> {
+    Ok(None)
 }
 
 /// Keys a reload cannot change in a running daemon.
@@ -325,6 +367,7 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     let state = Arc::new(DaemonState {
         config_path: config_source(&opts).map(|(p, _)| p),
         last_reload_error: Mutex::new(None),
+        sandbox: sandbox_support(&config)?,
     });
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let module = rpc::build_module(RpcContext {

@@ -17,6 +17,8 @@ pub mod ipc;
 pub mod lines;
 pub mod paths;
 pub mod rpc;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 pub mod spawn;
 pub mod state;
 pub mod supervisor;

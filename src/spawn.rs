@@ -27,6 +27,9 @@ pub enum SpawnError {
     },
     #[error(transparent)]
     Verify(#[from] crate::verify::VerifyError),
+    #[cfg(target_os = "linux")]
+    #[error("cannot build the sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
 }
 
 impl SpawnError {
@@ -37,6 +40,8 @@ impl SpawnError {
             SpawnError::Exec { path, .. } => Some(path),
             SpawnError::Verify(crate::verify::VerifyError::Read { path, .. })
             | SpawnError::Verify(crate::verify::VerifyError::Mismatch { path, .. }) => Some(path),
+            #[cfg(target_os = "linux")]
+            SpawnError::Sandbox(_) => None,
         }
     }
 }
@@ -114,6 +119,9 @@ pub struct LaunchSpec {
     /// A verified, open Node binary: executed through this descriptor
     /// (`/proc/self/fd/N`), so what runs is what was hashed.
     pub exec_fd: Option<Arc<std::fs::File>>,
+    /// The sandbox profile; `None` applies nothing beyond PDEATHSIG.
+    #[cfg(target_os = "linux")]
+    pub sandbox: Option<crate::sandbox::SandboxPolicy>,
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
@@ -167,6 +175,16 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
                 }
                 Ok(())
             });
+        }
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(policy) = &spec.sandbox {
+        let mut prepared = crate::sandbox::prepare(policy)?;
+        // SAFETY: runs in the forked child after the closure above;
+        // `Prepared::apply` makes raw syscalls only (setrlimit, prctl,
+        // landlock_restrict_self, seccomp) on state built in the parent.
+        unsafe {
+            cmd.pre_exec(move || prepared.apply());
         }
     }
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
@@ -412,6 +430,7 @@ mod tests {
             cwd: "/".into(),
             env,
             exec_fd: None,
+            sandbox: None,
         };
         let mut s = spawn(&spec).unwrap();
         assert!(group_alive(s.pgid));

@@ -98,6 +98,8 @@ async fn happy_path_start_status_list_logs_stop_remove() {
             "sorted by id"
         );
 
+        // stdout and stderr are separate pipes: wait for the last of each.
+        wait_for_output(&mut c, "acme.hello", "line 5").await;
         let lines = wait_for_output(&mut c, "acme.hello", "to stderr").await;
         let stdout: Vec<_> = lines
             .iter()

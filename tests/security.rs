@@ -246,3 +246,47 @@ async fn what_runs_is_what_was_hashed_even_if_the_file_is_swapped() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_profile_confines_writes_ptrace_and_signals() {
+    timed(async {
+        let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        assert!(
+            info["sandbox"]["landlock"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with('v'),
+            "this test needs Landlock (kernel lsm list: {lsm:?}); daemon.info says {}",
+            info["sandbox"]
+        );
+        let outside = std::path::Path::new("/var/tmp").join(format!("hostd-probe-{}", d.marker));
+        let result = d.dir.join("probe.json");
+        let args = [
+            outside.to_str().unwrap().to_string(),
+            d.pid().to_string(),
+            result.to_str().unwrap().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.probe", "sandbox-probe.js", &args),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !result.exists() {
+            assert!(Instant::now() < deadline, "the probe never reported");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+        assert_eq!(r["writeOutside"], "EACCES", "{r}");
+        assert!(!outside.exists());
+        assert_eq!(r["writeTmp"], "ok", "its private TMPDIR is writable: {r}");
+        assert_eq!(r["signalDaemon"], "EPERM", "{r}");
+        assert_eq!(r["ptrace"], "-1 1", "ptrace must fail with EPERM: {r}");
+    })
+    .await;
+}

@@ -53,6 +53,8 @@ pub enum Control {
 pub struct DaemonState {
     pub config_path: Option<PathBuf>,
     pub last_reload_error: Mutex<Option<String>>,
+    /// What the kernel supports of the sandbox, probed at start-up.
+    pub sandbox: Option<serde_json::Value>,
 }
 
 /// What every handler can reach.
@@ -173,6 +175,7 @@ struct Info {
     hosts_by_state: BTreeMap<&'static str, usize>,
     config_path: Option<String>,
     last_reload_error: Option<String>,
+    sandbox: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Serialize)]
@@ -252,6 +255,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            sandbox: ctx.state.sandbox.clone(),
         })
     })
     .expect("unique method name");

@@ -466,6 +466,15 @@ impl HostActor {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| "/".into())
         });
+        #[cfg(target_os = "linux")]
+        let sandbox = {
+            let mut policy = config.sandbox.clone();
+            if let Some(state) = &config.state_dir {
+                policy.writable.push(state.join("hosts").join(&*self.id));
+            }
+            policy.writable.push(config.runtime_dir.join("ipc"));
+            Some(policy)
+        };
         LaunchSpec {
             node,
             entry: self.spec.entry.clone(),
@@ -473,6 +482,8 @@ impl HostActor {
             cwd,
             env,
             exec_fd: None,
+            #[cfg(target_os = "linux")]
+            sandbox,
         }
     }
 

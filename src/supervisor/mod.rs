@@ -210,6 +210,9 @@ pub struct SupervisorConfig {
     pub node: Option<PathBuf>,
     /// Whether and against what the Node binary is verified.
     pub node_policy: crate::verify::NodePolicy,
+    /// The sandbox profile; each host also gets its private dirs writable.
+    #[cfg(target_os = "linux")]
+    pub sandbox: crate::sandbox::SandboxPolicy,
     /// Directory of the daemon executable, for bundled Node.
     pub exe_dir: Option<PathBuf>,
     /// `DSCODE_RESOURCE_PATH` as the seed computed it.
@@ -246,6 +249,8 @@ impl SupervisorConfig {
         SupervisorConfig {
             node: None,
             node_policy: crate::verify::NodePolicy::default(),
+            #[cfg(target_os = "linux")]
+            sandbox: crate::sandbox::SandboxPolicy::default(),
             exe_dir,
             resource_path,
             runtime_dir,

@@ -181,11 +181,18 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(cfg) = &opts.config {
-            let p = dir.join("config.toml");
-            std::fs::write(&p, cfg).unwrap();
-            cmd.arg("--config").arg(p);
+        // Fixtures write their output into the test's directory: let the
+        // sandbox allow that (unless the test configures the sandbox itself).
+        let mut cfg = opts.config.clone().unwrap_or_default();
+        if !cfg.contains("[sandbox]") {
+            cfg.push_str(&format!(
+                "\n[sandbox]\nwritable_paths = [\"{}\"]\n",
+                dir.display()
+            ));
         }
+        let p = dir.join("config.toml");
+        std::fs::write(&p, cfg).unwrap();
+        cmd.arg("--config").arg(p);
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }

@@ -1,0 +1,270 @@
+//! The Linux default sandbox profile for hosts, in the order the child
+//! applies it (see `SECURITY.md`):
+//!
+//! 1. process group (std);
+//! 2. PDEATHSIG + getppid check (`spawn`);
+//! 3. cgroup join: not built yet;
+//! 4. `RLIMIT_CORE=0`;
+//! 5. inherited fds: every fd the daemon opens is close-on-exec;
+//! 6. `NO_NEW_PRIVS`;
+//! 7. Landlock;
+//! 8. seccomp, last.
+//!
+//! Everything is built in the parent ([`prepare`]): the Landlock ruleset fd
+//! and the seccomp BPF program. The child ([`Prepared::apply`], from
+//! `pre_exec`) only makes raw syscalls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr, Scope, path_beneath_rules,
+};
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+/// Why a sandbox could not be built.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SandboxError {
+    #[error("landlock: {0}")]
+    Landlock(String),
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+}
+
+/// What the default profile allows a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxPolicy {
+    /// `sandbox.profile = "off"`: nothing below is applied.
+    pub off: bool,
+    /// Directories (and files) the host may write: its private dir, its
+    /// TMPDIR, the IPC directory, `sandbox.writable_paths`.
+    pub writable: Vec<PathBuf>,
+    /// `sandbox.network = "deny"`: no TCP bind or connect (UDP is not covered).
+    pub deny_network: bool,
+    /// `sandbox.require`: a kernel without Landlock is a start error.
+    pub require: bool,
+}
+
+/// Built in the parent, applied in the child.
+pub struct Prepared {
+    ruleset: Option<RulesetCreated>,
+    bpf: Option<BpfProgram>,
+}
+
+/// The syscalls the default profile refuses with EPERM.
+#[cfg(target_arch = "x86_64")]
+const DENIED: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_open_by_handle_at,
+];
+
+#[cfg(target_arch = "aarch64")]
+const DENIED: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_open_by_handle_at,
+];
+
+fn target_arch() -> Result<TargetArch, SandboxError> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))
+}
+
+/// The seccomp deny-list as a BPF program.
+pub fn seccomp_program() -> Result<BpfProgram, SandboxError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        target_arch()?,
+    )
+    .map_err(|e| SandboxError::Seccomp(e.to_string()))?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
+}
+
+/// The Landlock ABI this profile asks for (best effort below it): signal and
+/// abstract-socket scoping arrived in ABI 6.
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+fn landlock_ruleset(policy: &SandboxPolicy) -> Result<RulesetCreated, landlock::RulesetError> {
+    let level = if policy.require {
+        CompatLevel::HardRequirement
+    } else {
+        CompatLevel::BestEffort
+    };
+    let mut rs = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))?
+        .scope(Scope::Signal | Scope::AbstractUnixSocket)?;
+    if policy.deny_network {
+        rs = rs.handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?;
+    }
+    let mut writable: Vec<PathBuf> = policy
+        .writable
+        .iter()
+        .filter(|p| p.exists())
+        .cloned()
+        .collect();
+    for dev in ["/dev/null", "/dev/tty"] {
+        writable.push(dev.into());
+    }
+    rs.create()?
+        // Read and execute everywhere.
+        .add_rules(path_beneath_rules(["/"], AccessFs::from_read(LANDLOCK_ABI)))?
+        .add_rules(path_beneath_rules(
+            writable,
+            AccessFs::from_all(LANDLOCK_ABI),
+        ))
+}
+
+/// Build the profile for one spawn.
+pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
+    if policy.off {
+        return Ok(Prepared {
+            ruleset: None,
+            bpf: None,
+        });
+    }
+    let ruleset = landlock_ruleset(policy).map_err(|e| SandboxError::Landlock(e.to_string()))?;
+    let bpf = seccomp_program()?;
+    Ok(Prepared {
+        ruleset: Some(ruleset),
+        bpf: Some(bpf),
+    })
+}
+
+fn errno(e: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+impl Prepared {
+    /// Steps 4–8, in the child between fork and exec: raw syscalls only, no
+    /// allocation on the success path.
+    pub fn apply(&mut self) -> std::io::Result<()> {
+        use nix::sys::resource::{Resource, setrlimit};
+        setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(errno)?;
+        if self.ruleset.is_none() && self.bpf.is_none() {
+            return Ok(());
+        }
+        nix::sys::prctl::set_no_new_privs().map_err(errno)?;
+        if let Some(rs) = self.ruleset.take() {
+            rs.restrict_self()
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        if let Some(bpf) = &self.bpf {
+            seccompiler::apply_filter(bpf)
+                .map_err(|_| std::io::Error::from_raw_os_error(libc::EPERM))?;
+        }
+        Ok(())
+    }
+}
+
+/// What `daemon.info` reports about the kernel's support.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Support {
+    pub landlock: String,
+    pub seccomp: String,
+}
+
+/// Probe once, at start-up.
+pub fn support() -> Support {
+    let landlock = match landlock_ruleset(&SandboxPolicy::default()) {
+        Ok(_) => {
+            let v = unsafe_abi_version();
+            if v > 0 {
+                format!("v{v}")
+            } else {
+                "unsupported".into()
+            }
+        }
+        Err(_) => "unsupported".into(),
+    };
+    let seccomp = match std::fs::read_to_string("/proc/self/status") {
+        Ok(s) if s.lines().any(|l| l.starts_with("Seccomp:")) => "supported".into(),
+        _ => "unsupported".into(),
+    };
+    Support { landlock, seccomp }
+}
+
+/// The kernel's Landlock ABI version (0 when unsupported).
+fn unsafe_abi_version() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns the ABI
+    // version (or an error); it touches no memory and creates no fd.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_builds() {
+        let p = prepare(&SandboxPolicy {
+            writable: vec![std::env::temp_dir()],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(p.ruleset.is_some() && p.bpf.is_some());
+        assert!(
+            prepare(&SandboxPolicy {
+                off: true,
+                ..Default::default()
+            })
+            .unwrap()
+            .bpf
+            .is_none()
+        );
+        let s = support();
+        assert!(s.landlock.starts_with('v') || s.landlock == "unsupported");
+    }
+}
