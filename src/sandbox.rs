@@ -108,8 +108,14 @@ fn target_arch() -> Result<TargetArch, SandboxError> {
         .map_err(|e| SandboxError::Seccomp(format!("{e:?}")))
 }
 
-/// The seccomp deny-list as a BPF program.
+/// The seccomp deny-list as a BPF program, compiled once.
 pub fn seccomp_program() -> Result<BpfProgram, SandboxError> {
+    static PROGRAM: std::sync::OnceLock<Result<BpfProgram, SandboxError>> =
+        std::sync::OnceLock::new();
+    PROGRAM.get_or_init(compile_seccomp).clone()
+}
+
+fn compile_seccomp() -> Result<BpfProgram, SandboxError> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|nr| (*nr, Vec::new())).collect();
     let filter = SeccompFilter::new(

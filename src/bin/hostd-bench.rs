@@ -48,6 +48,10 @@ struct Row {
     note: String,
 }
 
+/// `--sandbox-off`: run the daemons with `[sandbox] profile = "off"`, to see
+/// what the sandbox costs.
+static SANDBOX_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct Opts {
     scenarios: Vec<String>,
     json: bool,
@@ -66,6 +70,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => o.json = true,
+            "--sandbox-off" => SANDBOX_OFF.store(true, std::sync::atomic::Ordering::Relaxed),
             "--repeats" => o.repeats = args.next().context("--repeats N")?.parse()?,
             "--idle-secs" => o.idle_secs = args.next().context("--idle-secs S")?.parse()?,
             "--echo-server" => {
@@ -249,6 +254,10 @@ impl Daemon {
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
         let socket = run.join("hostd.sock");
         let cfg = dir.path().join("config.toml");
+        let mut config = config.to_string();
+        if SANDBOX_OFF.load(std::sync::atomic::Ordering::Relaxed) {
+            config.push_str("\n[sandbox]\nprofile = \"off\"\n");
+        }
         std::fs::write(&cfg, config)?;
         let exe = bin_dir().join("dscode-hostd");
         let child = Command::new(&exe)
