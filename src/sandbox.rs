@@ -53,32 +53,7 @@ pub struct Prepared {
 }
 
 /// The syscalls the default profile refuses with EPERM.
-#[cfg(target_arch = "x86_64")]
-const DENIED: &[i64] = &[
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_reboot,
-    libc::SYS_open_by_handle_at,
-];
-
-#[cfg(target_arch = "aarch64")]
+// The same names exist on both architectures seccompiler targets.
 const DENIED: &[i64] = &[
     libc::SYS_mount,
     libc::SYS_umount2,

@@ -10,28 +10,6 @@ use serde_json::{Value, json};
 const S5: Duration = Duration::from_secs(5);
 const S20: Duration = Duration::from_secs(20);
 
-/// Poll `host.logs` until a line contains `needle`.
-async fn wait_for_output(c: &mut Client, id: &str, needle: &str) -> Vec<Value> {
-    let deadline = Instant::now() + S20;
-    loop {
-        let r = c
-            .ok("host.logs", json!({"extensionId": id, "lines": 10000}))
-            .await;
-        let lines = r["lines"].as_array().unwrap().clone();
-        if lines
-            .iter()
-            .any(|l| l["text"].as_str().unwrap().contains(needle))
-        {
-            return lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "host {id} never printed {needle:?}: {lines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn edges(events: &[Value]) -> Vec<(String, String)> {
     events
         .iter()

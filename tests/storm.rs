@@ -9,20 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const IDS: [&str; 4] = ["storm.a", "storm.b", "storm.c", "storm.d"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -457,3 +457,41 @@ pub fn start_params(d: &Daemon, id: &str, fixture_name: &str, args: &[&str]) -> 
         "env": d.entry_env(),
     })
 }
+
+/// xorshift64*: a deterministic random source with no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Poll `host.logs` until a line contains `needle`; the lines so far.
+pub async fn wait_for_output(c: &mut Client, id: &str, needle: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = c
+            .ok("host.logs", json!({"extensionId": id, "lines": 10000}))
+            .await;
+        let lines = r["lines"].as_array().unwrap().clone();
+        if lines
+            .iter()
+            .any(|l| l["text"].as_str().unwrap().contains(needle))
+        {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {id} never printed {needle:?}: {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
