@@ -189,6 +189,11 @@ pub struct SandboxConfig {
     pub network: NetworkPolicy,
     /// Make a kernel without Landlock a start error instead of a warning.
     pub require: bool,
+    /// The hosts' open-files limit (RLIMIT_NOFILE); unset inherits the daemon's.
+    pub max_open_files: Option<u64>,
+    /// Node's V8 heap limit, passed as `--max-old-space-size` (MiB). Memory
+    /// is not bounded with RLIMIT_AS: it breaks Node's WebAssembly.
+    pub max_old_space_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -315,6 +320,15 @@ impl Config {
                 "ipc_max_message_bytes",
                 "must be between 1024 and 4294967295",
             );
+        }
+        if self.sandbox.max_open_files.is_some_and(|n| n < 18) {
+            return invalid(
+                "sandbox.max_open_files",
+                "must be at least 18 (Node needs that many to start)",
+            );
+        }
+        if self.sandbox.max_old_space_mb == Some(0) {
+            return invalid("sandbox.max_old_space_mb", "must be at least 1");
         }
         if self.node.verify == crate::verify::VerifyMode::Required && self.node.sha256.is_empty() {
             return invalid("node.verify", "is \"required\" but node.sha256 is empty");

@@ -204,6 +204,11 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) ->
         s.base_env.remove(std::ffi::OsStr::new(k));
     }
     s.state_dir = Some(state_dir.to_path_buf());
+    s.node_args = config
+        .sandbox
+        .max_old_space_mb
+        .map(|mb| vec![format!("--max-old-space-size={mb}")])
+        .unwrap_or_default();
     #[cfg(target_os = "linux")]
     {
         use crate::config::{NetworkPolicy, SandboxProfile};
@@ -212,6 +217,7 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) ->
             writable: config.sandbox.writable_paths.clone(),
             deny_network: config.sandbox.network == NetworkPolicy::Deny,
             require: config.sandbox.require,
+            max_open_files: config.sandbox.max_open_files,
         };
     }
     s.node = config.node.path.clone();

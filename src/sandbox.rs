@@ -44,10 +44,14 @@ pub struct SandboxPolicy {
     pub deny_network: bool,
     /// `sandbox.require`: a kernel without Landlock is a start error.
     pub require: bool,
+    /// `sandbox.max_open_files`: the host's RLIMIT_NOFILE (at least 18:
+    /// Node needs that many to start).
+    pub max_open_files: Option<u64>,
 }
 
 /// Built in the parent, applied in the child.
 pub struct Prepared {
+    nofile: Option<u64>,
     ruleset: Option<RulesetCreated>,
     bpf: Option<BpfProgram>,
 }
@@ -144,6 +148,7 @@ fn landlock_ruleset(policy: &SandboxPolicy) -> Result<RulesetCreated, landlock::
 pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
     if policy.off {
         return Ok(Prepared {
+            nofile: policy.max_open_files,
             ruleset: None,
             bpf: None,
         });
@@ -151,6 +156,7 @@ pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
     let ruleset = landlock_ruleset(policy).map_err(|e| SandboxError::Landlock(e.to_string()))?;
     let bpf = seccomp_program()?;
     Ok(Prepared {
+        nofile: policy.max_open_files,
         ruleset: Some(ruleset),
         bpf: Some(bpf),
     })
@@ -166,6 +172,9 @@ impl Prepared {
     pub fn apply(&mut self) -> std::io::Result<()> {
         use nix::sys::resource::{Resource, setrlimit};
         setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(errno)?;
+        if let Some(n) = self.nofile {
+            setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
+        }
         if self.ruleset.is_none() && self.bpf.is_none() {
             return Ok(());
         }

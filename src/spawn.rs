@@ -111,6 +111,8 @@ pub fn resolve_node(
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub node: PathBuf,
+    /// Options for Node, before the entry.
+    pub node_args: Vec<String>,
     pub entry: PathBuf,
     pub args: Vec<String>,
     pub cwd: PathBuf,
@@ -144,7 +146,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         }
         None => Command::new(&spec.node),
     };
-    cmd.arg(&spec.entry)
+    cmd.args(&spec.node_args)
+        .arg(&spec.entry)
         .args(&spec.args)
         .current_dir(&spec.cwd)
         .env_clear()
@@ -425,6 +428,7 @@ mod tests {
         env.insert(OsString::from("PATH"), std::env::var_os("PATH").unwrap());
         let spec = LaunchSpec {
             node: "/bin/sh".into(),
+            node_args: Vec::new(),
             entry: "-c".into(),
             args: vec!["sleep 1000 & wait".into()],
             cwd: "/".into(),

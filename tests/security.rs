@@ -290,3 +290,45 @@ async fn the_default_profile_confines_writes_ptrace_and_signals() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_limits_and_the_v8_heap_bound() {
+    timed(async {
+        let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().to_path_buf();
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "[sandbox]\nwritable_paths = [\"{}\"]\nmax_open_files = 256\nmax_old_space_mb = 128\n",
+                dir.display()
+            )),
+            dir: Some(dir.clone()),
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let out = dir.join("env.json");
+        c.ok("host.start", start_params(&d, "acme.lim", "dump-env.js", &[out.to_str().unwrap()])).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !out.exists() {
+            assert!(Instant::now() < deadline, "dump-env never wrote");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(v["execArgv"], json!(["--max-old-space-size=128"]));
+        let limits = v["limits"].as_str().unwrap();
+        let line = |name: &str| -> Vec<String> {
+            limits
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in {limits}"))[name.len()..]
+                .split_whitespace()
+                .take(2)
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(line("Max open files"), ["256", "256"]);
+        assert_eq!(line("Max core file size"), ["0", "0"]);
+        assert_eq!(line("Max address space"), ["unlimited", "unlimited"], "RLIMIT_AS must stay unset");
+    })
+    .await;
+}

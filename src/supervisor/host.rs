@@ -477,6 +477,7 @@ impl HostActor {
         };
         LaunchSpec {
             node,
+            node_args: config.node_args.clone(),
             entry: self.spec.entry.clone(),
             args: self.spec.args.clone(),
             cwd,

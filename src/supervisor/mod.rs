@@ -210,6 +210,8 @@ pub struct SupervisorConfig {
     pub node: Option<PathBuf>,
     /// Whether and against what the Node binary is verified.
     pub node_policy: crate::verify::NodePolicy,
+    /// Options for Node itself, before the entry (`--max-old-space-size=N`).
+    pub node_args: Vec<String>,
     /// The sandbox profile; each host also gets its private dirs writable.
     #[cfg(target_os = "linux")]
     pub sandbox: crate::sandbox::SandboxPolicy,
@@ -249,6 +251,7 @@ impl SupervisorConfig {
         SupervisorConfig {
             node: None,
             node_policy: crate::verify::NodePolicy::default(),
+            node_args: Vec::new(),
             #[cfg(target_os = "linux")]
             sandbox: crate::sandbox::SandboxPolicy::default(),
             exe_dir,
