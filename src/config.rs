@@ -191,6 +191,8 @@ pub struct SandboxConfig {
     pub require: bool,
     /// The hosts' open-files limit (RLIMIT_NOFILE); unset inherits the daemon's.
     pub max_open_files: Option<u64>,
+    /// `auto`: a cgroup per host where a writable cgroup2 exists; `off`.
+    pub cgroup: CgroupMode,
     /// Node's V8 heap limit, passed as `--max-old-space-size` (MiB). Memory
     /// is not bounded with RLIMIT_AS: it breaks Node's WebAssembly.
     pub max_old_space_mb: Option<u64>,
@@ -201,6 +203,14 @@ pub struct SandboxConfig {
 pub enum SandboxProfile {
     #[default]
     Default,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    #[default]
+    Auto,
     Off,
 }
 

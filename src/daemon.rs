@@ -196,7 +196,12 @@ fn status_line(supervisor: &Supervisor) -> String {
     )
 }
 
-fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) -> SupervisorConfig {
+fn supervisor_config(
+    config: &Config,
+    runtime_dir: PathBuf,
+    state_dir: &Path,
+    cgroup_root: Option<PathBuf>,
+) -> SupervisorConfig {
     let mut s = SupervisorConfig::new(runtime_dir);
     s.base_env =
         crate::supervisor::allowed_env(std::env::vars_os(), &config.sandbox.env_passthrough);
@@ -204,6 +209,7 @@ fn supervisor_config(config: &Config, runtime_dir: PathBuf, state_dir: &Path) ->
         s.base_env.remove(std::ffi::OsStr::new(k));
     }
     s.state_dir = Some(state_dir.to_path_buf());
+    s.cgroup_root = cgroup_root;
     s.node_args = config
         .sandbox
         .max_old_space_mb
@@ -265,8 +271,27 @@ async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: boo
 
 /// Probe the kernel once: log what the sandbox cannot do here (or refuse to
 /// start with `sandbox.require`), and report it in `daemon.info`.
+/// Where host cgroups go, when `sandbox.cgroup = "auto"` and a writable
+/// cgroup2 exists.
+fn cgroup_root(config: &Config) -> Option<PathBuf> {
+    #[cfg(target_os = "linux")]
+    if config.sandbox.cgroup == crate::config::CgroupMode::Auto {
+        let root = crate::cgroup::detect();
+        match &root {
+            Some(r) => tracing::info!(cgroup = %r.display(), "one cgroup per host"),
+            None => tracing::info!("no writable cgroup2: hosts are tracked by process group only"),
+        }
+        return root;
+    }
+    let _ = config;
+    None
+}
+
 #[cfg(target_os = "linux")]
-fn sandbox_support(config: &Config) -> anyhow::Result<Option<serde_json::Value>> {
+fn sandbox_support(
+    config: &Config,
+    cgroup_root: Option<&Path>,
+) -> anyhow::Result<Option<serde_json::Value>> {
     let s = crate::sandbox::support();
     if config.sandbox.profile == crate::config::SandboxProfile::Off {
         tracing::warn!(
@@ -283,6 +308,10 @@ fn sandbox_support(config: &Config) -> anyhow::Result<Option<serde_json::Value>>
         tracing::warn!(landlock = %s.landlock, seccomp = %s.seccomp, "the sandbox is degraded on this kernel");
     }
     let mut v = serde_json::to_value(&s)?;
+    v["cgroup"] = serde_json::json!(match cgroup_root {
+        Some(r) => r.display().to_string(),
+        None => "unavailable".to_string(),
+    });
     v["profile"] = serde_json::json!(match config.sandbox.profile {
         crate::config::SandboxProfile::Default => "default",
         crate::config::SandboxProfile::Off => "off",
@@ -291,7 +320,10 @@ fn sandbox_support(config: &Config) -> anyhow::Result<Option<serde_json::Value>>
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sandbox_support(_config: &Config) -> anyhow::Result<Option<serde_json::Value>> {
+fn sandbox_support(
+    _config: &Config,
+    _cgroup_root: Option<&Path>,
+) -> anyhow::Result<Option<serde_json::Value>> {
     Ok(None)
 }
 
@@ -369,11 +401,17 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         None => bind(&socket)?,
     };
 
-    let supervisor = Supervisor::new(supervisor_config(&config, runtime_dir.clone(), &state_dir));
+    let cgroup_root = cgroup_root(&config);
+    let supervisor = Supervisor::new(supervisor_config(
+        &config,
+        runtime_dir.clone(),
+        &state_dir,
+        cgroup_root.clone(),
+    ));
     let state = Arc::new(DaemonState {
         config_path: config_source(&opts).map(|(p, _)| p),
         last_reload_error: Mutex::new(None),
-        sandbox: sandbox_support(&config)?,
+        sandbox: sandbox_support(&config, cgroup_root.as_deref())?,
     });
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let module = rpc::build_module(RpcContext {
@@ -414,6 +452,7 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&status),
     ]);
+    tracing::info!(%status, "ready: autostart hosts spawned");
 
     let why = loop {
         tokio::select! {
@@ -451,6 +490,10 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     if !activated {
         let _ = std::fs::remove_file(&socket);
     }
+    #[cfg(target_os = "linux")]
+    if let Some(root) = &cgroup_root {
+        crate::cgroup::remove_ours(root);
+    }
     close_tx.send_replace(true);
     let _ = server.await;
     if let Some(w) = watchdog_task {
@@ -487,6 +530,7 @@ async fn reload(
                 &new,
                 current.runtime_dir.clone(),
                 &state_dir,
+                current.cgroup_root.clone(),
             ));
             apply_hosts(supervisor, &new, false).await;
             *config = new;

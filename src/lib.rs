@@ -10,6 +10,8 @@
 //!
 //! See `ARCHITECTURE.md` for the map and the invariants.
 
+#[cfg(target_os = "linux")]
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod daemon;

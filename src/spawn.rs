@@ -124,6 +124,10 @@ pub struct LaunchSpec {
     /// The sandbox profile; `None` applies nothing beyond PDEATHSIG.
     #[cfg(target_os = "linux")]
     pub sandbox: Option<crate::sandbox::SandboxPolicy>,
+    /// The host's `cgroup.procs`, opened by the parent: the child joins by
+    /// writing "0" to it.
+    #[cfg(target_os = "linux")]
+    pub cgroup_procs: Option<Arc<std::fs::File>>,
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
@@ -176,6 +180,20 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
                         nix::errno::Errno::ESRCH as i32,
                     ));
                 }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(procs) = &spec.cgroup_procs {
+        use std::os::fd::AsRawFd;
+        let fd = procs.as_raw_fd();
+        // SAFETY: runs in the forked child; one write(2) on a descriptor the
+        // parent opened and keeps open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
                 Ok(())
             });
         }
@@ -435,6 +453,7 @@ mod tests {
             env,
             exec_fd: None,
             sandbox: None,
+            cgroup_procs: None,
         };
         let mut s = spawn(&spec).unwrap();
         assert!(group_alive(s.pgid));

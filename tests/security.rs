@@ -332,3 +332,55 @@ async fn resource_limits_and_the_v8_heap_bound() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_grandchild_that_left_the_process_group() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        assert!(
+            info["sandbox"]["cgroup"]
+                .as_str()
+                .is_some_and(|s| s.starts_with('/')),
+            "this test needs a writable cgroup2 (root on the CI VM); daemon.info says {}",
+            info["sandbox"]
+        );
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.escape", "setsid-escapee.js", &[]),
+        )
+        .await;
+        let lines = wait_for_output(&mut c, "acme.escape", "escapee ").await;
+        let pid: i32 = lines
+            .iter()
+            .find_map(|l| {
+                l["text"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix("escapee ")
+                    .map(|p| p.trim().parse().unwrap())
+            })
+            .unwrap();
+        eventually(
+            Duration::from_secs(5),
+            "the escapee runs in its own session",
+            || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    dscode_hostd::spawn::parse_stat_state_pgrp(&s).is_some_and(|(_, g)| g == pid)
+                })
+            },
+        )
+        .await;
+        let st = c
+            .ok(
+                "host.stop",
+                json!({"extensionId": "acme.escape", "timeoutMs": 2000}),
+            )
+            .await;
+        assert_eq!(st["state"], "stopped");
+        assert!(!process_alive(pid), "the setsid escapee survived host.stop");
+        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
+    })
+    .await;
+}

@@ -79,6 +79,7 @@ async fn autostart_and_reload() {
             marker: Some(marker.clone()),
             ..Default::default()
         });
+        d.wait_for_log("ready: autostart hosts spawned", S10);
         let mut c = d.client().await;
         let auto = c.ok("host.status", json!({"extensionId": "acme.auto"})).await;
         assert_eq!(auto["state"], "running", "autostart host was started before READY");

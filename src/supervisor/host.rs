@@ -174,6 +174,8 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         child: None,
         pid: None,
         pgid: None,
+        #[cfg(target_os = "linux")]
+        cgroup: None,
         started: None,
         last_exit: None,
         node: None,
@@ -235,6 +237,9 @@ struct HostActor {
     pid: Option<u32>,
     /// The host's process group, kept until the group is known to be empty.
     pgid: Option<i32>,
+    /// The host process's cgroup, when cgroups are in use.
+    #[cfg(target_os = "linux")]
+    cgroup: Option<crate::cgroup::HostCgroup>,
     started: Option<(SystemTime, Instant)>,
     last_exit: Option<LastExit>,
     node: Option<String>,
@@ -282,9 +287,7 @@ impl HostActor {
                     Some(cmd) => self.handle(cmd),
                     None => {
                         // Every handle is gone: never leave a process behind.
-                        if let Some(pgid) = self.pgid {
-                            spawn::signal_group(pgid, StopSignal::Kill);
-                        }
+                        self.kill_tree();
                         return;
                     }
                 },
@@ -485,6 +488,8 @@ impl HostActor {
             exec_fd: None,
             #[cfg(target_os = "linux")]
             sandbox,
+            #[cfg(target_os = "linux")]
+            cgroup_procs: None,
         }
     }
 
@@ -522,6 +527,16 @@ impl HostActor {
             };
             let mut spec = self.launch_spec(node);
             spec.exec_fd = verified.map(|v| v.file);
+            #[cfg(target_os = "linux")]
+            if let Some(root) = &config.cgroup_root {
+                match crate::cgroup::HostCgroup::create(root, &self.id) {
+                    Ok((cg, procs)) => {
+                        spec.cgroup_procs = Some(Arc::new(procs));
+                        self.cgroup = Some(cg);
+                    }
+                    Err(e) => tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only"),
+                }
+            }
             #[cfg(debug_assertions)]
             test_hook_after_verify(&spec);
             Ok((self.spawner.spawn(spec)?, prepared))
@@ -532,7 +547,7 @@ impl HostActor {
                 self.pid = Some(s.pid);
                 self.pgid = Some(s.pgid);
                 if let Some(r) = &self.records {
-                    r.up(&self.id, s.pid, s.pgid);
+                    r.up(&self.id, s.pid, s.pgid, self.cgroup_dir());
                 }
                 self.started = Some((SystemTime::now(), Instant::now()));
                 self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
@@ -614,10 +629,10 @@ impl HostActor {
             }
             return;
         }
-        // Unrequested exit: the group's leftovers go with it.
-        if let Some(pgid) = self.pgid.take() {
-            spawn::signal_group(pgid, StopSignal::Kill);
-        }
+        // Unrequested exit: the group's (and cgroup's) leftovers go with it.
+        self.kill_tree();
+        self.pgid = None;
+        self.release_cgroup();
         if let Some(r) = &self.records {
             r.down(&self.id);
         }
@@ -715,26 +730,43 @@ impl HostActor {
 
     fn on_stop_timer(&mut self) {
         let now = Instant::now();
-        let Some(s) = &mut self.stop else { return };
-        if s.kill_at.is_some_and(|t| t <= now) {
-            s.kill_at = None;
-            s.give_up_at = Some(now + KILL_GRACE);
+        let Some(s) = &self.stop else { return };
+        let (kill_due, poll_due, give_up_due) = (
+            s.kill_at.is_some_and(|t| t <= now),
+            s.poll_at.is_some_and(|t| t <= now),
+            s.give_up_at.is_some_and(|t| t <= now),
+        );
+        if kill_due {
             if let Some(pgid) = self.pgid {
                 tracing::warn!(extension_id = %self.id, pgid, "stop timeout passed; sending SIGKILL to the process group");
-                spawn::signal_group(pgid, StopSignal::Kill);
+            }
+            self.kill_tree();
+            if let Some(s) = &mut self.stop {
+                s.kill_at = None;
+                s.give_up_at = Some(now + KILL_GRACE);
             }
         }
-        if s.poll_at.is_some_and(|t| t <= now) {
-            s.poll_at = None;
+        if poll_due {
+            if let Some(s) = &mut self.stop {
+                s.poll_at = None;
+            }
             if self.child.is_none() {
-                if self.pgid.is_none_or(|g| !spawn::group_alive(g)) {
+                let group = self.pgid.is_some_and(spawn::group_alive);
+                if !group && !self.cgroup_populated() {
                     self.finish_stop();
                     return;
                 }
-                s.poll_at = Some(now + GROUP_POLL);
+                if !group {
+                    // Only processes that left the group (setsid) remain,
+                    // and they never saw the SIGTERM: kill them.
+                    self.kill_tree();
+                }
+                if let Some(s) = &mut self.stop {
+                    s.poll_at = Some(now + GROUP_POLL);
+                }
             }
         }
-        if s.give_up_at.is_some_and(|t| t <= now) && self.child.is_none() {
+        if give_up_due && self.child.is_none() {
             tracing::error!(extension_id = %self.id, pgid = ?self.pgid, "process group still not empty after SIGKILL; giving up waiting");
             self.finish_stop();
         }
@@ -742,15 +774,64 @@ impl HostActor {
 
     /// The second SIGINT of a shutdown: SIGKILL the group now.
     fn kill_now(&mut self) {
-        if let (Some(pgid), Some(s)) = (self.pgid, &mut self.stop) {
-            spawn::signal_group(pgid, StopSignal::Kill);
+        if self.stop.is_some() {
+            self.kill_tree();
+        }
+        if let Some(s) = &mut self.stop {
             s.kill_at = None;
             s.give_up_at = Some(Instant::now() + KILL_GRACE);
         }
     }
 
+    /// SIGKILL the host's process group and, where there is one, its cgroup
+    /// (which also holds descendants that left the group).
+    fn kill_tree(&self) {
+        if let Some(pgid) = self.pgid {
+            spawn::signal_group(pgid, StopSignal::Kill);
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(cg) = &self.cgroup {
+            cg.kill();
+        }
+    }
+
+    fn cgroup_populated(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(cg) = &self.cgroup {
+            return cg.populated();
+        }
+        false
+    }
+
+    fn cgroup_dir(&self) -> Option<std::path::PathBuf> {
+        #[cfg(target_os = "linux")]
+        if let Some(cg) = &self.cgroup {
+            return Some(cg.dir.clone());
+        }
+        None
+    }
+
+    /// Remove the process's cgroup once it is empty (in the background: a
+    /// SIGKILL just sent takes a moment to land).
+    fn release_cgroup(&mut self) {
+        #[cfg(target_os = "linux")]
+        if let Some(cg) = self.cgroup.take() {
+            tokio::spawn(async move {
+                for _ in 0..500 {
+                    if !cg.populated() {
+                        cg.remove();
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                tracing::warn!(cgroup = %cg.dir.display(), "cgroup still populated; left in place");
+            });
+        }
+    }
+
     fn finish_stop(&mut self) {
         self.pgid = None;
+        self.release_cgroup();
         if let Some(r) = &self.records {
             r.down(&self.id);
         }
@@ -826,9 +907,7 @@ impl HostActor {
         self.end_session(reason);
         self.stable_at = None;
         self.apply(Input::Failed, reason);
-        if let Some(pgid) = self.pgid {
-            spawn::signal_group(pgid, StopSignal::Kill);
-        }
+        self.kill_tree();
     }
 
     fn remove_self(&mut self) {

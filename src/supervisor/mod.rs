@@ -212,6 +212,8 @@ pub struct SupervisorConfig {
     pub node_policy: crate::verify::NodePolicy,
     /// Options for Node itself, before the entry (`--max-old-space-size=N`).
     pub node_args: Vec<String>,
+    /// Where per-host cgroups are made, when a writable cgroup2 exists.
+    pub cgroup_root: Option<PathBuf>,
     /// The sandbox profile; each host also gets its private dirs writable.
     #[cfg(target_os = "linux")]
     pub sandbox: crate::sandbox::SandboxPolicy,
@@ -252,6 +254,7 @@ impl SupervisorConfig {
             node: None,
             node_policy: crate::verify::NodePolicy::default(),
             node_args: Vec::new(),
+            cgroup_root: None,
             #[cfg(target_os = "linux")]
             sandbox: crate::sandbox::SandboxPolicy::default(),
             exe_dir,

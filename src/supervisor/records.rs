@@ -21,6 +21,9 @@ pub struct Record {
     pub pgid: i32,
     /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot).
     pub start_time: u64,
+    /// The host's cgroup directory, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The start time of `pid`, if it is alive (zombies count as gone).
@@ -69,7 +72,7 @@ impl Records {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn up(&self, extension_id: &str, pid: u32, pgid: i32) {
+    pub fn up(&self, extension_id: &str, pid: u32, pgid: i32, cgroup: Option<PathBuf>) {
         let pid = pid as i32;
         let Some(start_time) = start_time(pid) else {
             return;
@@ -81,6 +84,7 @@ impl Records {
                 pid,
                 pgid,
                 start_time,
+                cgroup,
             },
         );
         self.changed.notify_one();
@@ -126,6 +130,16 @@ pub fn reap_leftovers(path: &Path) -> Vec<String> {
     };
     let mut reaped = Vec::new();
     for r in records {
+        // A cgroup holds only what we put there: kill it whole, escapees too.
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = r.cgroup.as_ref().filter(|d| d.is_dir()) {
+            let cg = crate::cgroup::HostCgroup { dir: dir.clone() };
+            if cg.populated() {
+                cg.kill();
+                reaped.push(format!("{} (cgroup {})", r.extension_id, dir.display()));
+            }
+            cg.remove();
+        }
         if r.pgid <= 1 {
             continue;
         }
@@ -200,6 +214,7 @@ mod tests {
             pid: me,
             pgid: me,
             start_time: start_time(me).unwrap() + 12345,
+            cgroup: None,
         };
         write_atomic(&path, &[wrong]).unwrap();
         assert!(reap_leftovers(&path).is_empty());
