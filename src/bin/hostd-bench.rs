@@ -256,7 +256,7 @@ impl Daemon {
         let cfg = dir.path().join("config.toml");
         let mut config = config.to_string();
         if SANDBOX_OFF.load(std::sync::atomic::Ordering::Relaxed) {
-            config.push_str("\n[sandbox]\nprofile = \"off\"\n");
+            config.push_str("\n[sandbox]\nprofile = \"off\"\ncgroup = \"off\"\n");
         }
         std::fs::write(&cfg, config)?;
         let exe = bin_dir().join("dscode-hostd");
