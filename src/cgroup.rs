@@ -33,6 +33,16 @@ pub fn detect() -> Option<PathBuf> {
     std::fs::remove_dir(&probe).ok()?;
     // Empty cgroups of daemons that are gone (never a live daemon's: it may
     // have just made one its next host has not joined yet).
+    // Offer the memory controller to host cgroups where our parent has it
+    // (for `sandbox.memory_max_mb`); harmless where it does not.
+    if std::fs::read_to_string(root.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    {
+        let _ = OpenOptions::new()
+            .write(true)
+            .open(root.join("cgroup.subtree_control"))
+            .and_then(|mut f| f.write_all(b"+memory"));
+    }
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             let name = e.file_name();
@@ -70,6 +80,15 @@ impl HostCgroup {
             .write(true)
             .open(dir.join("cgroup.procs"))?;
         Ok((HostCgroup { dir }, procs))
+    }
+
+    /// Cap the cgroup's memory (`memory.max`, bytes). `Err` when the memory
+    /// controller is not delegated to this subtree.
+    pub fn limit_memory(&self, bytes: u64) -> std::io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("memory.max"))
+            .and_then(|mut f| f.write_all(bytes.to_string().as_bytes()))
     }
 
     /// SIGKILL every process in the cgroup.

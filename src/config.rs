@@ -196,6 +196,9 @@ pub struct SandboxConfig {
     /// Node's V8 heap limit, passed as `--max-old-space-size` (MiB). Memory
     /// is not bounded with RLIMIT_AS: it breaks Node's WebAssembly.
     pub max_old_space_mb: Option<u64>,
+    /// Opt-in cgroup memory limit per host (MiB), where a memory controller
+    /// is delegated to the daemon's cgroup; otherwise a warning.
+    pub memory_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -203,6 +206,8 @@ pub struct SandboxConfig {
 pub enum SandboxProfile {
     #[default]
     Default,
+    /// `bwrap`: own PID (and, with network denied, network) namespace.
+    Strict,
     Off,
 }
 

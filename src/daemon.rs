@@ -210,6 +210,7 @@ fn supervisor_config(
     }
     s.state_dir = Some(state_dir.to_path_buf());
     s.cgroup_root = cgroup_root;
+    s.memory_max = config.sandbox.memory_max_mb.map(|mb| mb * 1024 * 1024);
     s.node_args = config
         .sandbox
         .max_old_space_mb
@@ -220,6 +221,7 @@ fn supervisor_config(
         use crate::config::{NetworkPolicy, SandboxProfile};
         s.sandbox = crate::sandbox::SandboxPolicy {
             off: config.sandbox.profile == SandboxProfile::Off,
+            strict: config.sandbox.profile == SandboxProfile::Strict,
             writable: config.sandbox.writable_paths.clone(),
             deny_network: config.sandbox.network == NetworkPolicy::Deny,
             require: config.sandbox.require,
@@ -315,6 +317,7 @@ fn sandbox_support(
     v["profile"] = serde_json::json!(match config.sandbox.profile {
         crate::config::SandboxProfile::Default => "default",
         crate::config::SandboxProfile::Off => "off",
+        crate::config::SandboxProfile::Strict => "strict",
     });
     Ok(Some(v))
 }

@@ -37,6 +37,11 @@ pub enum SandboxError {
 pub struct SandboxPolicy {
     /// `sandbox.profile = "off"`: nothing below is applied.
     pub off: bool,
+    /// `sandbox.profile = "strict"`: run the host under `bwrap` with its own
+    /// PID namespace (and network namespace when network is denied), the
+    /// seccomp program passed to bwrap; Landlock is not used (it would deny
+    /// bwrap's mounts).
+    pub strict: bool,
     /// Directories (and files) the host may write: its private dir, its
     /// TMPDIR, the IPC directory, `sandbox.writable_paths`.
     pub writable: Vec<PathBuf>,
@@ -52,6 +57,8 @@ pub struct SandboxPolicy {
 /// Built in the parent, applied in the child.
 pub struct Prepared {
     nofile: Option<u64>,
+    /// Strict profile: the BPF program in a memfd that bwrap inherits.
+    pub bwrap_seccomp: Option<std::os::fd::OwnedFd>,
     ruleset: Option<RulesetCreated>,
     bpf: Option<BpfProgram>,
 }
@@ -109,6 +116,36 @@ fn compile_seccomp() -> Result<BpfProgram, SandboxError> {
         .map_err(|e: seccompiler::BackendError| SandboxError::Seccomp(e.to_string()))
 }
 
+/// The BPF program as bytes in a sealed-off memfd, for `bwrap --seccomp FD`.
+fn seccomp_memfd(bpf: &BpfProgram) -> Result<std::os::fd::OwnedFd, SandboxError> {
+    use std::io::{Seek, Write};
+    let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(format!("memfd: {e}"));
+    let fd =
+        nix::sys::memfd::memfd_create(c"hostd-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| err(&e))?;
+    let mut bytes = Vec::with_capacity(bpf.len() * 8);
+    for f in bpf {
+        bytes.extend_from_slice(&f.code.to_ne_bytes());
+        bytes.push(f.jt);
+        bytes.push(f.jf);
+        bytes.extend_from_slice(&f.k.to_ne_bytes());
+    }
+    let mut file = std::fs::File::from(fd);
+    file.write_all(&bytes).map_err(|e| err(&e))?;
+    file.rewind().map_err(|e| err(&e))?;
+    Ok(file.into())
+}
+
+/// `bwrap` for the strict profile; a clear error when it is not installed.
+pub fn bwrap_path() -> Result<PathBuf, SandboxError> {
+    which::which("bwrap").map_err(|_| {
+        SandboxError::Landlock(
+            "sandbox.profile = \"strict\" needs bwrap (Debian package bubblewrap), which is not installed"
+                .into(),
+        )
+    })
+}
+
 /// The Landlock ABI this profile asks for (best effort below it): signal and
 /// abstract-socket scoping arrived in ABI 6.
 const LANDLOCK_ABI: ABI = ABI::V6;
@@ -149,6 +186,15 @@ pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
     if policy.off {
         return Ok(Prepared {
             nofile: policy.max_open_files,
+            bwrap_seccomp: None,
+            ruleset: None,
+            bpf: None,
+        });
+    }
+    if policy.strict {
+        return Ok(Prepared {
+            nofile: policy.max_open_files,
+            bwrap_seccomp: Some(seccomp_memfd(&seccomp_program()?)?),
             ruleset: None,
             bpf: None,
         });
@@ -157,6 +203,7 @@ pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
     let bpf = seccomp_program()?;
     Ok(Prepared {
         nofile: policy.max_open_files,
+        bwrap_seccomp: None,
         ruleset: Some(ruleset),
         bpf: Some(bpf),
     })
@@ -174,6 +221,17 @@ impl Prepared {
         setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(errno)?;
         if let Some(n) = self.nofile {
             setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
+        }
+        if let Some(fd) = &self.bwrap_seccomp {
+            // bwrap reads the program from this fd: let it survive exec.
+            use std::os::fd::AsFd;
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(errno)?;
+            nix::sys::prctl::set_no_new_privs().map_err(errno)?;
+            return Ok(());
         }
         if self.ruleset.is_none() && self.bpf.is_none() {
             return Ok(());

@@ -141,6 +141,16 @@ pub struct Spawned {
 /// Spawn `node <entry> [args…]` in a new process group with stdin null and
 /// stdout/stderr piped. The Node binary is never modified.
 pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
+    #[cfg(target_os = "linux")]
+    let prepared = match &spec.sandbox {
+        Some(policy) => Some(crate::sandbox::prepare(policy)?),
+        None => None,
+    };
+    #[cfg(target_os = "linux")]
+    if prepared.as_ref().is_some_and(|p| p.bwrap_seccomp.is_some()) {
+        let policy = spec.sandbox.as_ref().expect("prepared from a policy");
+        return spawn_strict(spec, policy, prepared.expect("checked above"));
+    }
     let mut cmd = match &spec.exec_fd {
         Some(f) => {
             use std::os::fd::AsRawFd;
@@ -199,15 +209,113 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         }
     }
     #[cfg(target_os = "linux")]
-    if let Some(policy) = &spec.sandbox {
-        let mut prepared = crate::sandbox::prepare(policy)?;
-        // SAFETY: runs in the forked child after the closure above;
+    if let Some(mut prepared) = prepared {
+        // SAFETY: runs in the forked child after the closures above;
         // `Prepared::apply` makes raw syscalls only (setrlimit, prctl,
         // landlock_restrict_self, seccomp) on state built in the parent.
         unsafe {
             cmd.pre_exec(move || prepared.apply());
         }
     }
+    finish_spawn(cmd, spec)
+}
+
+/// The strict profile: `bwrap --unshare-pid --die-with-parent [--unshare-net]
+/// --ro-bind / / --dev /dev --proc /proc --bind W W … --seccomp FD -- node …`.
+#[cfg(target_os = "linux")]
+fn spawn_strict(
+    spec: &LaunchSpec,
+    policy: &crate::sandbox::SandboxPolicy,
+    mut prepared: crate::sandbox::Prepared,
+) -> Result<Spawned, SpawnError> {
+    use std::os::fd::AsRawFd;
+    let bwrap = crate::sandbox::bwrap_path()?;
+    let bpf_fd = prepared
+        .bwrap_seccomp
+        .as_ref()
+        .expect("the strict profile has a seccomp memfd")
+        .as_raw_fd();
+    let mut cmd = Command::new(&bwrap);
+    cmd.args(["--unshare-pid", "--die-with-parent"]);
+    if policy.deny_network {
+        cmd.arg("--unshare-net");
+    }
+    cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+    for w in policy.writable.iter().filter(|p| p.exists()) {
+        cmd.arg("--bind").arg(w).arg(w);
+    }
+    cmd.arg("--seccomp").arg(bpf_fd.to_string());
+    cmd.arg("--chdir").arg(&spec.cwd);
+    cmd.arg("--");
+    match &spec.exec_fd {
+        Some(f) => {
+            // The verified descriptor survives into the sandbox; its new
+            // /proc shows it as the inner process's own fd.
+            let fd = f.as_raw_fd();
+            cmd.arg(format!("/proc/self/fd/{fd}"));
+            // SAFETY: one fcntl(2) in the child on a descriptor the parent keeps open.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let f = std::os::fd::BorrowedFd::borrow_raw(fd);
+                    nix::fcntl::fcntl(
+                        f,
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                    )
+                    .map_err(std::io::Error::from)?;
+                    Ok(())
+                });
+            }
+        }
+        None => {
+            cmd.arg(&spec.node);
+        }
+    }
+    cmd.args(&spec.node_args).arg(&spec.entry).args(&spec.args);
+    cmd.current_dir(&spec.cwd)
+        .env_clear()
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false)
+        .process_group(0);
+    let parent = nix::unistd::getpid();
+    // SAFETY: runs in the forked child; prctl and getppid only (see `spawn`).
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)?;
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(
+                    nix::errno::Errno::ESRCH as i32,
+                ));
+            }
+            Ok(())
+        });
+    }
+    if let Some(procs) = &spec.cgroup_procs {
+        let fd = procs.as_raw_fd();
+        // SAFETY: one write(2) in the child on a descriptor the parent keeps open.
+        unsafe {
+            cmd.pre_exec(move || {
+                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+    }
+    // SAFETY: raw syscalls only (setrlimit, fcntl, prctl) on state built in the parent.
+    unsafe {
+        cmd.pre_exec(move || prepared.apply());
+    }
+    let mut spawned = finish_spawn(cmd, spec);
+    if let Err(SpawnError::Exec { path, .. }) = &mut spawned {
+        *path = bwrap;
+    }
+    spawned
+}
+
+fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         path: spec.node.clone(),
         source: Arc::new(source),

@@ -384,3 +384,104 @@ async fn stop_kills_a_grandchild_that_left_the_process_group() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_profile_hides_other_pids_and_the_network() {
+    timed(async {
+        which::which("bwrap").expect(
+            "the strict profile needs bwrap (Debian package bubblewrap); .ci/run installs it",
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "[sandbox]\nprofile = \"strict\"\nnetwork = \"deny\"\nwritable_paths = [\"{}\"]\n",
+                dir.display()
+            )),
+            dir: Some(dir.clone()),
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut c = d.client().await;
+        let result = dir.join("strict.json");
+        let args = [
+            d.pid().to_string(),
+            port.to_string(),
+            result.to_str().unwrap().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let st = c
+            .ok(
+                "host.start",
+                start_params(&d, "acme.strict", "strict-probe.js", &args),
+            )
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !result.exists() {
+            let logs = c
+                .ok("host.logs", json!({"extensionId": "acme.strict"}))
+                .await;
+            assert!(
+                Instant::now() < deadline,
+                "the strict probe never reported: {logs}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+        assert_eq!(r["seesDaemon"], false, "{r}");
+        assert!(r["pids"].as_u64().unwrap() <= 4, "sees too many pids: {r}");
+        assert_ne!(r["tcp"], "connected", "reached the network: {r}");
+        // Stop still takes the whole sandbox down.
+        let pid = st["pid"].as_i64().unwrap() as i32;
+        c.ok("host.stop", json!({"extensionId": "acme.strict"}))
+            .await;
+        assert!(!process_alive(pid));
+        assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_profile_without_bwrap_is_a_clear_start_error() {
+    timed(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "node = \"{}\"\n[sandbox]\nprofile = \"strict\"\nwritable_paths = [\"{}\"]\n",
+                require_node().display(),
+                dir.display()
+            )),
+            dir: Some(dir),
+            env: vec![("PATH".into(), "/nonexistent".into())],
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let e = c
+            .err(
+                "host.start",
+                start_params(&d, "acme.nobwrap", "print-lines.js", &[]),
+            )
+            .await;
+        assert_eq!(e.code, -32003, "{e:?}");
+        assert!(
+            e.message.contains("bwrap") && e.message.contains("bubblewrap"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            c.ok("host.status", json!({"extensionId": "acme.nobwrap"}))
+                .await["state"],
+            "crashed"
+        );
+    })
+    .await;
+}

@@ -531,6 +531,11 @@ impl HostActor {
             if let Some(root) = &config.cgroup_root {
                 match crate::cgroup::HostCgroup::create(root, &self.id) {
                     Ok((cg, procs)) => {
+                        if let Some(bytes) = config.memory_max
+                            && let Err(e) = cg.limit_memory(bytes)
+                        {
+                            tracing::warn!(extension_id = %self.id, error = %e, "sandbox.memory_max_mb not applied: no memory controller is delegated to the daemon's cgroup");
+                        }
                         spec.cgroup_procs = Some(Arc::new(procs));
                         self.cgroup = Some(cg);
                     }

@@ -214,6 +214,8 @@ pub struct SupervisorConfig {
     pub node_args: Vec<String>,
     /// Where per-host cgroups are made, when a writable cgroup2 exists.
     pub cgroup_root: Option<PathBuf>,
+    /// `sandbox.memory_max_mb`, in bytes, applied to each host's cgroup.
+    pub memory_max: Option<u64>,
     /// The sandbox profile; each host also gets its private dirs writable.
     #[cfg(target_os = "linux")]
     pub sandbox: crate::sandbox::SandboxPolicy,
@@ -255,6 +257,7 @@ impl SupervisorConfig {
             node_policy: crate::verify::NodePolicy::default(),
             node_args: Vec::new(),
             cgroup_root: None,
+            memory_max: None,
             #[cfg(target_os = "linux")]
             sandbox: crate::sandbox::SandboxPolicy::default(),
             exe_dir,
