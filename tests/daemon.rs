@@ -257,3 +257,32 @@ async fn a_peer_of_another_uid_is_closed_without_a_reply_even_on_a_0666_socket()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_directory_owned_by_another_user_is_refused() {
+    timed(async {
+        let tmp = tempfile::Builder::new()
+            .prefix("hostd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let run = tmp.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        nix::unistd::chown(&run, Some(nix::unistd::Uid::from_raw(65534)), None)
+            .expect("chown (tests run as root)");
+        let out = std::process::Command::new(daemon_bin())
+            .arg("--socket")
+            .arg(run.join("hostd.sock"))
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("owned by uid 65534") && err.contains(run.to_str().unwrap()),
+            "{err}"
+        );
+    })
+    .await;
+}
