@@ -174,39 +174,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     cmd.process_group(0);
     #[cfg(target_os = "linux")]
     {
-        let parent = nix::unistd::getpid();
-        // SAFETY: runs in the forked child before exec. It makes two raw
-        // syscalls (prctl, getppid) and builds errors from raw errno values:
-        // no allocation, no locks, no logging, no panics.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Die with the daemon. PDEATHSIG fires when the *thread* that
-                // forked exits, hence the dedicated spawner thread.
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)?;
-                // The daemon may have died between fork and prctl.
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(
-                        nix::errno::Errno::ESRCH as i32,
-                    ));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(target_os = "linux")]
-    if let Some(procs) = &spec.cgroup_procs {
-        use std::os::fd::AsRawFd;
-        let fd = procs.as_raw_fd();
-        // SAFETY: runs in the forked child; one write(2) on a descriptor the
-        // parent opened and keeps open until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
+        die_with_daemon(&mut cmd);
+        join_cgroup(&mut cmd, spec);
     }
     #[cfg(target_os = "linux")]
     if let Some(mut prepared) = prepared {
@@ -279,10 +248,31 @@ fn spawn_strict(
         .stderr(Stdio::piped())
         .kill_on_drop(false)
         .process_group(0);
+    die_with_daemon(&mut cmd);
+    join_cgroup(&mut cmd, spec);
+    // SAFETY: raw syscalls only (setrlimit, fcntl, prctl) on state built in the parent.
+    unsafe {
+        cmd.pre_exec(move || prepared.apply());
+    }
+    let mut spawned = finish_spawn(cmd, spec);
+    if let Err(SpawnError::Exec { path, .. }) = &mut spawned {
+        *path = bwrap;
+    }
+    spawned
+}
+
+/// Pre-exec step 2: PDEATHSIG = SIGKILL, then make sure the daemon did not
+/// die before it was set.
+#[cfg(target_os = "linux")]
+fn die_with_daemon(cmd: &mut Command) {
     let parent = nix::unistd::getpid();
-    // SAFETY: runs in the forked child; prctl and getppid only (see `spawn`).
+    // SAFETY: runs in the forked child before exec. It makes two raw
+    // syscalls (prctl, getppid) and builds errors from raw errno values:
+    // no allocation, no locks, no logging, no panics.
     unsafe {
         cmd.pre_exec(move || {
+            // PDEATHSIG fires when the *thread* that forked exits, hence the
+            // dedicated spawner thread.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)?;
             if nix::unistd::getppid() != parent {
@@ -293,26 +283,26 @@ fn spawn_strict(
             Ok(())
         });
     }
-    if let Some(procs) = &spec.cgroup_procs {
-        let fd = procs.as_raw_fd();
-        // SAFETY: one write(2) in the child on a descriptor the parent keeps open.
-        unsafe {
-            cmd.pre_exec(move || {
-                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-    }
-    // SAFETY: raw syscalls only (setrlimit, fcntl, prctl) on state built in the parent.
+}
+
+/// Pre-exec step 3: join the host's cgroup through the `cgroup.procs`
+/// descriptor the parent opened.
+#[cfg(target_os = "linux")]
+fn join_cgroup(cmd: &mut Command, spec: &LaunchSpec) {
+    use std::os::fd::AsRawFd;
+    let Some(procs) = &spec.cgroup_procs else {
+        return;
+    };
+    let fd = procs.as_raw_fd();
+    // SAFETY: one write(2) in the child on a descriptor the parent keeps
+    // open until the spawn returns.
     unsafe {
-        cmd.pre_exec(move || prepared.apply());
+        cmd.pre_exec(move || {
+            let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
+            nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
+            Ok(())
+        });
     }
-    let mut spawned = finish_spawn(cmd, spec);
-    if let Err(SpawnError::Exec { path, .. }) = &mut spawned {
-        *path = bwrap;
-    }
-    spawned
 }
 
 fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnError> {

@@ -25,12 +25,7 @@ async fn hosts_get_an_allowlisted_environment() {
         let mut p = start_params(&d, "acme.env", "dump-env.js", &[out.to_str().unwrap()]);
         p["env"]["EXPLICIT"] = json!("yes");
         c.ok("host.start", p).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !out.exists() {
-            assert!(Instant::now() < deadline, "dump-env never wrote");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for_file(&out).await;
         let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         let env = v["env"].as_object().unwrap();
         for banned in [
@@ -275,12 +270,7 @@ async fn the_default_profile_confines_writes_ptrace_and_signals() {
             start_params(&d, "acme.probe", "sandbox-probe.js", &args),
         )
         .await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !result.exists() {
-            assert!(Instant::now() < deadline, "the probe never reported");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for_file(&result).await;
         let r: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
         assert_eq!(r["writeOutside"], "EACCES", "{r}");
         assert!(!outside.exists());
@@ -307,12 +297,7 @@ async fn resource_limits_and_the_v8_heap_bound() {
         let mut c = d.client().await;
         let out = dir.join("env.json");
         c.ok("host.start", start_params(&d, "acme.lim", "dump-env.js", &[out.to_str().unwrap()])).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !out.exists() {
-            assert!(Instant::now() < deadline, "dump-env never wrote");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        wait_for_file(&out).await;
         let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(v["execArgv"], json!(["--max-old-space-size=128"]));
         let limits = v["limits"].as_str().unwrap();

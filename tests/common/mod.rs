@@ -495,3 +495,18 @@ pub async fn wait_for_output(c: &mut Client, id: &str, needle: &str) -> Vec<Valu
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Wait until a fixture has written `path` (and a moment more for it to
+/// finish the write), at most 10 s.
+pub async fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
