@@ -218,13 +218,19 @@ impl SessionHandle {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
         };
-        if let Err(e) = conn.send(&msg).await {
-            forget();
-            return Err(e);
-        }
-        let reply = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r?,
-            Ok(Err(_)) => return Err(RelayError::Closed("session ended".into())),
+        // The timeout covers the write too: a host that stopped reading
+        // (full socket buffer) must time out, not block its caller forever.
+        let exchange = async {
+            conn.send(&msg).await?;
+            rx.await
+                .map_err(|_| RelayError::Closed("session ended".into()))?
+        };
+        let reply = match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                forget();
+                return Err(e);
+            }
             Err(_) => {
                 forget();
                 return Err(RelayError::Timeout(crate::time::millis(timeout)));
@@ -246,15 +252,23 @@ impl SessionHandle {
         }
     }
 
-    /// Send a one-way message.
-    pub async fn send(&self, kind: &str, payload: Box<RawValue>) -> Result<(), RelayError> {
+    /// Send a one-way message; a host that does not read within `timeout`
+    /// fails it.
+    pub async fn send(
+        &self,
+        kind: &str,
+        payload: Box<RawValue>,
+        timeout: Duration,
+    ) -> Result<(), RelayError> {
         let conn = self.out()?;
-        conn.send(&Message {
+        let msg = Message {
             id: self.new_id(),
             kind: kind.to_string(),
             payload,
-        })
-        .await
+        };
+        tokio::time::timeout(timeout, conn.send(&msg))
+            .await
+            .map_err(|_| RelayError::Timeout(crate::time::millis(timeout)))?
     }
 
     /// End the session (the host exited or is being stopped).

@@ -738,7 +738,10 @@ impl Supervisor {
             .handle(id)?
             .session()
             .ok_or_else(|| relay(crate::ipc::RelayError::NotReady))?;
-        session.send(kind, payload).await.map_err(relay)
+        session
+            .send(kind, payload, Duration::from_secs(30))
+            .await
+            .map_err(relay)
     }
 
     /// Attach an editor to host-originated requests.
