@@ -263,3 +263,27 @@ async fn unsubscribe_and_daemon_info() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_closes_its_side_is_released() {
+    timed(async {
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some("max_connections = 4\n".into()),
+            ..Default::default()
+        });
+        // Far more subscribe-and-close clients than connection slots.
+        for _ in 0..40 {
+            let mut c = raw(&d).await;
+            c.send(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"host.subscribe\"}\n")
+                .await;
+            c.stream.get_mut().shutdown().await.unwrap();
+            assert_eq!(c.line().await["id"], 1);
+            assert!(
+                c.closed_within(Duration::from_secs(5)).await,
+                "connection kept open after EOF"
+            );
+        }
+        d.client().await.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}

@@ -101,6 +101,13 @@ impl Connection {
     pub fn remove_subscription(&self, id: u64) {
         self.subs().remove(&id);
     }
+
+    /// End every subscription (the client closed its side).
+    fn cancel_all(&self) {
+        for (_, tx) in self.subs().drain() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// What the dispatcher needs for one connection.
@@ -432,9 +439,12 @@ pub async fn serve<S>(
             return;
         }
         if !reading {
-            // Drop our own senders so the queue closes once every pending
-            // reply and subscription is done.
-            dispatcher = None;
+            // The client closed its side: its subscriptions end, and dropping
+            // our own senders lets the queue close once every pending reply
+            // is written (a last request without a newline is still answered).
+            if let Some(d) = dispatcher.take() {
+                d.conn.cancel_all();
+            }
             tx = None;
         }
         tokio::select! {
