@@ -3,8 +3,8 @@
 //! jsonrpsee's own server speaks only HTTP and WebSocket, so this module is
 //! the line transport in front of its [`Methods`]: it frames, classifies and
 //! dispatches requests, answers malformed ones with the right error, and
-//! writes every reply and notification through one bounded queue with a
-//! single writer task.
+//! writes every reply and notification from one task per connection
+//! (inline when a call completes at once, else through one bounded queue).
 //!
 //! Limits:
 //! - a line over `max_message_bytes` is answered `-32600 request too large`
