@@ -323,7 +323,7 @@ fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnErr
 
 type Job = (
     LaunchSpec,
-    std::sync::mpsc::SyncSender<Result<Spawned, SpawnError>>,
+    tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
 );
 
 /// The one long-lived thread every host is forked from.
@@ -352,17 +352,17 @@ impl Spawner {
         Ok(Arc::new(Spawner { tx }))
     }
 
-    /// Spawn on the spawner thread and wait for the result (a fork and an
-    /// exec: about a millisecond).
-    pub fn spawn(&self, spec: LaunchSpec) -> Result<Spawned, SpawnError> {
+    /// Spawn on the spawner thread; resolves when the fork and exec are done
+    /// (about a millisecond), without blocking the caller's thread.
+    pub async fn spawn(&self, spec: LaunchSpec) -> Result<Spawned, SpawnError> {
         let node = spec.node.clone();
         let gone = || SpawnError::Exec {
             path: node.clone(),
             source: Arc::new(io::Error::other("the spawner thread is gone")),
         };
-        let (reply, result) = std::sync::mpsc::sync_channel(1);
+        let (reply, result) = tokio::sync::oneshot::channel();
         self.tx.send((spec, reply)).map_err(|_| gone())?;
-        result.recv().map_err(|_| gone())?
+        result.await.map_err(|_| gone())?
     }
 }
 

@@ -284,7 +284,7 @@ impl HostActor {
                         }
                         let _ = reply.send(Err(self.invalid()));
                     }
-                    Some(cmd) => self.handle(cmd),
+                    Some(cmd) => self.handle(cmd).await,
                     None => {
                         // Every handle is gone: never leave a process behind.
                         self.kill_tree();
@@ -302,9 +302,9 @@ impl HostActor {
                     self.channel_closed_at = None;
                     self.fail("closed its IPC channel but kept running");
                 }
-                () = sleep_opt(self.restart_at.map(|r| r.0)) => self.on_backoff_elapsed(),
+                () = sleep_opt(self.restart_at.map(|r| r.0)) => self.on_backoff_elapsed().await,
                 () = sleep_opt(self.stable_at) => self.on_stable(),
-                () = sleep_opt(stop_at) => self.on_stop_timer(),
+                () = sleep_opt(stop_at) => self.on_stop_timer().await,
                 Ok(()) = self.force_kill.changed() => {
                     if *self.force_kill.borrow_and_update() {
                         self.kill_now();
@@ -314,7 +314,7 @@ impl HostActor {
         }
     }
 
-    fn handle(&mut self, cmd: Command) {
+    async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Start(req, reply) => {
                 let config = self.settings();
@@ -324,17 +324,17 @@ impl HostActor {
                     Ok(spec) => {
                         self.spec = spec;
                         self.attempts_used = 0;
-                        self.start("start requested")
+                        self.start("start requested").await
                     }
                 };
                 let _ = reply.send(r);
             }
-            Command::Stop(timeout, reply) => self.request_stop(timeout, reply),
+            Command::Stop(timeout, reply) => self.request_stop(timeout, reply).await,
             Command::Restart(reply) => match self.state {
                 HostState::Stopped | HostState::Crashed | HostState::Restarting => {
                     self.restart_at = None;
                     self.attempts_used = 0;
-                    let _ = reply.send(self.start("restart requested"));
+                    let _ = reply.send(self.start("restart requested").await);
                 }
                 HostState::Stopping => {
                     if let Some(s) = &mut self.stop {
@@ -343,13 +343,13 @@ impl HostActor {
                 }
                 _ => {
                     let (tx, _rx) = oneshot::channel();
-                    self.request_stop(None, tx);
+                    self.request_stop(None, tx).await;
                     if let Some(s) = &mut self.stop {
                         s.restarts.push(reply);
                     } else {
                         // The stop completed at once (nothing was running).
                         self.attempts_used = 0;
-                        let _ = reply.send(self.start("restart requested"));
+                        let _ = reply.send(self.start("restart requested").await);
                     }
                 }
             },
@@ -495,57 +495,66 @@ impl HostActor {
 
     /// From `stopped`, `crashed` or `restarting`: go through `starting` to
     /// `running`, or to `crashed` if the spawn fails.
-    fn start(&mut self, reason: &str) -> Result<HostStatus, SupervisorError> {
+    async fn start(&mut self, reason: &str) -> Result<HostStatus, SupervisorError> {
         self.restart_at = None;
         if !self.apply(Input::Start, reason) {
             return Err(self.invalid());
         }
-        self.spawn_in_starting()
+        self.spawn_in_starting().await
     }
 
-    fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
-        let config = self.settings();
+    /// Bind the IPC socket, resolve (and verify) Node, make the cgroup,
+    /// then fork on the spawner thread.
+    async fn prepare_and_spawn(
+        &mut self,
+        config: &SupervisorConfig,
+    ) -> Result<(spawn::Spawned, ipc::Prepared), SpawnError> {
         let (host_sock, incoming_sock) = ipc_paths(&config.runtime_dir, &self.id);
         let prepared = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
             path: incoming_sock.clone(),
             source: Arc::new(e),
-        });
-        let spawned = prepared.and_then(|prepared| {
-            let node = spawn::resolve_node(
-                config.node.as_deref(),
-                config.exe_dir.as_deref(),
-                config.resource_path.as_deref(),
-            )?;
-            self.node = Some(node.display().to_string());
-            let verified = if config.node_policy.active() {
-                Some(crate::verify::open_verified(
-                    &node,
-                    &config.node_policy.sha256,
-                )?)
-            } else {
-                None
-            };
-            let mut spec = self.launch_spec(node);
-            spec.exec_fd = verified.map(|v| v.file);
-            #[cfg(target_os = "linux")]
-            if let Some(root) = &config.cgroup_root {
-                match crate::cgroup::HostCgroup::create(root, &self.id) {
-                    Ok((cg, procs)) => {
-                        if let Some(bytes) = config.memory_max
-                            && let Err(e) = cg.limit_memory(bytes)
-                        {
-                            tracing::warn!(extension_id = %self.id, error = %e, "sandbox.memory_max_mb not applied: no memory controller is delegated to the daemon's cgroup");
-                        }
-                        spec.cgroup_procs = Some(Arc::new(procs));
-                        self.cgroup = Some(cg);
+        })?;
+        let node = spawn::resolve_node(
+            config.node.as_deref(),
+            config.exe_dir.as_deref(),
+            config.resource_path.as_deref(),
+        )?;
+        self.node = Some(node.display().to_string());
+        let verified = if config.node_policy.active() {
+            Some(crate::verify::open_verified(
+                &node,
+                &config.node_policy.sha256,
+            )?)
+        } else {
+            None
+        };
+        let mut spec = self.launch_spec(node);
+        spec.exec_fd = verified.map(|v| v.file);
+        #[cfg(target_os = "linux")]
+        if let Some(root) = &config.cgroup_root {
+            match crate::cgroup::HostCgroup::create(root, &self.id) {
+                Ok((cg, procs)) => {
+                    if let Some(bytes) = config.memory_max
+                        && let Err(e) = cg.limit_memory(bytes)
+                    {
+                        tracing::warn!(extension_id = %self.id, error = %e, "sandbox.memory_max_mb not applied: no memory controller is delegated to the daemon's cgroup");
                     }
-                    Err(e) => tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only"),
+                    spec.cgroup_procs = Some(Arc::new(procs));
+                    self.cgroup = Some(cg);
+                }
+                Err(e) => {
+                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only")
                 }
             }
-            #[cfg(debug_assertions)]
-            test_hook_after_verify(&spec);
-            Ok((self.spawner.spawn(spec)?, prepared))
-        });
+        }
+        #[cfg(debug_assertions)]
+        test_hook_after_verify(&spec);
+        Ok((self.spawner.spawn(spec).await?, prepared))
+    }
+
+    async fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
+        let config = self.settings();
+        let spawned = self.prepare_and_spawn(&config).await;
         match spawned {
             Ok((mut s, prepared)) => {
                 self.generation += 1;
@@ -672,7 +681,7 @@ impl HostActor {
         }
     }
 
-    fn on_backoff_elapsed(&mut self) {
+    async fn on_backoff_elapsed(&mut self) {
         self.restart_at = None;
         if self.state != HostState::Restarting {
             return;
@@ -680,7 +689,7 @@ impl HostActor {
         self.restart_count += 1;
         if self.apply(Input::BackoffElapsed, "backoff elapsed") {
             // A failure is published as `crashed`; nobody waits for this one.
-            let _ = self.spawn_in_starting();
+            let _ = self.spawn_in_starting().await;
         }
     }
 
@@ -693,7 +702,7 @@ impl HostActor {
         }
     }
 
-    fn request_stop(&mut self, timeout: Option<Duration>, reply: Reply<HostStatus>) {
+    async fn request_stop(&mut self, timeout: Option<Duration>, reply: Reply<HostStatus>) {
         match self.state {
             HostState::Stopped => {
                 let _ = reply.send(Ok(self.status()));
@@ -729,11 +738,11 @@ impl HostActor {
         self.stop = Some(stopping);
         self.apply(Input::Stop, "stop requested");
         if nothing_to_wait_for {
-            self.finish_stop();
+            self.finish_stop().await;
         }
     }
 
-    fn on_stop_timer(&mut self) {
+    async fn on_stop_timer(&mut self) {
         let now = Instant::now();
         let Some(s) = &self.stop else { return };
         let (kill_due, poll_due, give_up_due) = (
@@ -758,7 +767,7 @@ impl HostActor {
             if self.child.is_none() {
                 let group = self.pgid.is_some_and(spawn::group_alive);
                 if !group && !self.cgroup_populated() {
-                    self.finish_stop();
+                    self.finish_stop().await;
                     return;
                 }
                 if !group {
@@ -773,7 +782,7 @@ impl HostActor {
         }
         if give_up_due && self.child.is_none() {
             tracing::error!(extension_id = %self.id, pgid = ?self.pgid, "process group still not empty after SIGKILL; giving up waiting");
-            self.finish_stop();
+            self.finish_stop().await;
         }
     }
 
@@ -834,7 +843,7 @@ impl HostActor {
         }
     }
 
-    fn finish_stop(&mut self) {
+    async fn finish_stop(&mut self) {
         self.pgid = None;
         self.release_cgroup();
         if let Some(r) = &self.records {
@@ -857,7 +866,7 @@ impl HostActor {
         }
         if !stop.restarts.is_empty() {
             self.attempts_used = 0;
-            let r = self.start("restart requested");
+            let r = self.start("restart requested").await;
             for w in stop.restarts {
                 let _ = w.send(r.clone());
             }
