@@ -162,22 +162,12 @@ async fn a_stale_socket_is_reclaimed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insecure_socket_directory_is_refused_with_the_fix() {
     timed(async {
-        let tmp = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let tmp = scratch_dir();
         let run = tmp.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let out = std::process::Command::new(daemon_bin())
-            .arg("--socket")
-            .arg(run.join("hostd.sock"))
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(0));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = run_daemon_once(tmp.path(), &[]);
+        assert_ne!(code, Some(0));
         assert!(err.contains(run.to_str().unwrap()), "{err}");
         assert!(err.contains("chmod 700"), "{err}");
         assert!(!run.join("hostd.sock").exists());
@@ -204,19 +194,11 @@ async fn the_socket_is_0600_and_its_directory_0700() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_explicit_config_is_an_error() {
     timed(async {
-        let tmp = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let out = std::process::Command::new(daemon_bin())
-            .arg("--socket")
-            .arg(tmp.path().join("run/hostd.sock"))
-            .arg("--config")
-            .arg(tmp.path().join("nope.toml"))
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(0));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+        let tmp = scratch_dir();
+        let missing = tmp.path().join("nope.toml");
+        let (code, err) = run_daemon_once(tmp.path(), &["--config".as_ref(), missing.as_os_str()]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("nope.toml"), "{err}");
     })
     .await;
 }
@@ -261,24 +243,14 @@ async fn a_peer_of_another_uid_is_closed_without_a_reply_even_on_a_0666_socket()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_directory_owned_by_another_user_is_refused() {
     timed(async {
-        let tmp = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
+        let tmp = scratch_dir();
         let run = tmp.path().join("run");
         std::fs::create_dir_all(&run).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
         nix::unistd::chown(&run, Some(nix::unistd::Uid::from_raw(65534)), None)
             .expect("chown (tests run as root)");
-        let out = std::process::Command::new(daemon_bin())
-            .arg("--socket")
-            .arg(run.join("hostd.sock"))
-            .arg("--state-dir")
-            .arg(tmp.path().join("state"))
-            .output()
-            .unwrap();
-        assert_ne!(out.status.code(), Some(0));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = run_daemon_once(tmp.path(), &[]);
+        assert_ne!(code, Some(0));
         assert!(
             err.contains("owned by uid 65534") && err.contains(run.to_str().unwrap()),
             "{err}"

@@ -13,47 +13,32 @@ use serde_json::{Value, json};
 
 const S10: Duration = Duration::from_secs(10);
 
-fn run_daemon_once(config: &str) -> (Option<i32>, String) {
-    let tmp = tempfile::Builder::new()
-        .prefix("hostd")
-        .tempdir_in("/tmp")
-        .unwrap();
+fn run_with_config(config: &str) -> (Option<i32>, String) {
+    let tmp = scratch_dir();
     let cfg = tmp.path().join("config.toml");
     std::fs::write(&cfg, config).unwrap();
-    let out = Command::new(daemon_bin())
-        .arg("--socket")
-        .arg(tmp.path().join("run/hostd.sock"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_daemon_once(tmp.path(), &["--config".as_ref(), cfg.as_os_str()])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_errors_name_the_key_and_line_and_exit_2() {
     timed(async {
-        let (code, err) = run_daemon_once("max_connections = 4\nsokcet = \"/x\"\n");
+        let (code, err) = run_with_config("max_connections = 4\nsokcet = \"/x\"\n");
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("sokcet") && err.contains("line 2"), "{err}");
 
-        let (code, err) = run_daemon_once("stop_timeout_ms = -5\n");
+        let (code, err) = run_with_config("stop_timeout_ms = -5\n");
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("stop_timeout_ms"), "{err}");
 
-        let (code, err) = run_daemon_once("[[host]]\nextension_id = \"a..b\"\nentry = \"/x.js\"\n");
+        let (code, err) = run_with_config("[[host]]\nextension_id = \"a..b\"\nentry = \"/x.js\"\n");
         assert_eq!(code, Some(2), "{err}");
         assert!(
             err.contains("host.extension_id") && err.contains(".."),
             "{err}"
         );
 
-        let (code, err) = run_daemon_once("[restart]\nmax_attempts = \"three\"\n");
+        let (code, err) = run_with_config("[restart]\nmax_attempts = \"three\"\n");
         assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("max_attempts"), "{err}");
     })

@@ -476,17 +476,38 @@ fn round_trips(socket: &Path, line: &str, n: usize) -> anyhow::Result<Vec<f64>> 
 
 // ---------------------------------------------------------------- scenarios
 
+/// A daemon with one host, the echo floor, and the `host.status` request
+/// both are measured with.
+struct StatusBench {
+    daemon: Daemon,
+    echo: Echo,
+    _light: tempfile::TempDir,
+}
+
+const STATUS_REQ: &str =
+    r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+
+impl StatusBench {
+    fn start() -> anyhow::Result<StatusBench> {
+        let (cfg, light) = Daemon::light_config("");
+        let daemon = Daemon::start(&cfg)?;
+        Conn::open(&daemon.socket)?.call(
+            "host.start",
+            json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
+        )?;
+        Ok(StatusBench {
+            daemon,
+            echo: Echo::start()?,
+            _light: light,
+        })
+    }
+}
+
 fn rpc_latency(o: &Opts) -> anyhow::Result<Vec<Row>> {
-    let (cfg, _keep) = Daemon::light_config("");
-    let d = Daemon::start(&cfg)?;
-    let mut c = Conn::open(&d.socket)?;
-    c.call(
-        "host.start",
-        json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
-    )?;
-    let echo = Echo::start()?;
-    let req =
-        r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+    let StatusBench {
+        daemon: d, echo, ..
+    } = &StatusBench::start()?;
+    let req = STATUS_REQ;
     let (mut p50, mut p99, mut f50, mut f99) = (vec![], vec![], vec![], vec![]);
     for _ in 0..o.repeats {
         let lat = round_trips(&echo.path, req, 20_000)?;
@@ -537,16 +558,10 @@ fn throughput(socket: &Path, clients: usize, dur: Duration, line: &str) -> anyho
 }
 
 fn rpc_throughput(o: &Opts) -> anyhow::Result<Vec<Row>> {
-    let (cfg, _keep) = Daemon::light_config("");
-    let d = Daemon::start(&cfg)?;
-    let mut c = Conn::open(&d.socket)?;
-    c.call(
-        "host.start",
-        json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
-    )?;
-    let echo = Echo::start()?;
-    let req =
-        r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+    let StatusBench {
+        daemon: d, echo, ..
+    } = &StatusBench::start()?;
+    let req = STATUS_REQ;
     let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..o.repeats {
         floor.push(throughput(&echo.path, 8, Duration::from_secs(2), req)?);
@@ -561,31 +576,33 @@ fn rpc_throughput(o: &Opts) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Start `n` hosts at once over a few connections; ms until all are running.
-fn start_many(
+/// Call `method` for hosts `<prefix>0..n`, pipelined over 8 connections at
+/// once; ms until every reply has come back with `result.state == want`.
+fn fan_out(
     socket: &Path,
-    prefix: &str,
     n: usize,
-    entry: &Path,
-    node_env: Value,
+    method: &'static str,
+    params: impl Fn(usize) -> Value + Send + Sync + 'static,
+    want: &'static str,
 ) -> anyhow::Result<f64> {
     let conns = 8.min(n);
+    let params = std::sync::Arc::new(params);
     let t0 = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|k| {
             let socket = socket.to_path_buf();
-            let entry = entry.to_path_buf();
-            let prefix = prefix.to_string();
-            let env = node_env.clone();
+            let params = params.clone();
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let mut c = Conn::open(&socket)?;
                 let mine: Vec<usize> = (0..n).filter(|i| i % conns == k).collect();
                 for i in &mine {
-                    c.send_line(&json!({"jsonrpc":"2.0","id":i,"method":"host.start","params":{"extensionId": format!("{prefix}{i}"),"entry":entry,"env":env}}).to_string())?;
+                    let req = json!({"jsonrpc":"2.0","id":i,"method":method,"params":params(*i)});
+                    c.send_line(&req.to_string())?;
                 }
                 for _ in &mine {
                     let v: Value = serde_json::from_str(c.read_line()?)?;
-                    if v.get("error").is_some() || v["result"]["state"] != "running" {
-                        bail!("start failed: {v}");
+                    if v["result"]["state"] != want {
+                        bail!("{method} failed: {v}");
                     }
                 }
                 Ok(())
@@ -596,6 +613,24 @@ fn start_many(
         h.join().unwrap()?;
     }
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Start `n` hosts at once; ms until all are running.
+fn start_many(
+    socket: &Path,
+    prefix: &str,
+    n: usize,
+    entry: &Path,
+    env: Value,
+) -> anyhow::Result<f64> {
+    let (prefix, entry) = (prefix.to_string(), entry.to_path_buf());
+    fan_out(
+        socket,
+        n,
+        "host.start",
+        move |i| json!({"extensionId": format!("{prefix}{i}"), "entry": entry, "env": env}),
+        "running",
+    )
 }
 
 /// The floor: spawn the same programs with plain tokio::process.
@@ -704,31 +739,13 @@ fn stop(o: &Opts) -> anyhow::Result<Vec<Row>> {
         let d = Daemon::start(&cfg)?;
         let prefix = format!("s{r}.");
         start_many(&d.socket, &prefix, 100, &entry, json!({}))?;
-        let t0 = Instant::now();
-        let handles: Vec<_> = (0..8)
-            .map(|k| {
-                let socket = d.socket.clone();
-                let prefix = prefix.clone();
-                std::thread::spawn(move || -> anyhow::Result<()> {
-                    let mut c = Conn::open(&socket)?;
-                    let mine: Vec<usize> = (0..100).filter(|i| i % 8 == k).collect();
-                    for i in &mine {
-                        c.send_line(&json!({"jsonrpc":"2.0","id":i,"method":"host.stop","params":{"extensionId": format!("{prefix}{i}")}}).to_string())?;
-                    }
-                    for _ in &mine {
-                        let v: Value = serde_json::from_str(c.read_line()?)?;
-                        if v["result"]["state"] != "stopped" {
-                            bail!("stop failed: {v}");
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap()?;
-        }
-        ours.push(t0.elapsed().as_secs_f64() * 1000.0);
+        ours.push(fan_out(
+            &d.socket,
+            100,
+            "host.stop",
+            move |i| json!({"extensionId": format!("{prefix}{i}")}),
+            "stopped",
+        )?);
     }
     let (v, f) = (median(ours), median(floor));
     Ok(vec![

@@ -510,3 +510,29 @@ pub async fn wait_for_file(path: &Path) {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+/// A fresh temp dir for a daemon that is run once to see it refuse to start.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("hostd")
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// Run `dscode-hostd --socket <dir>/run/hostd.sock --state-dir <dir>/state
+/// [extra…]` to completion: its exit code and stderr.
+pub fn run_daemon_once(dir: &Path, extra: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(daemon_bin())
+        .arg("--socket")
+        .arg(dir.join("run/hostd.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .env("XDG_CONFIG_HOME", dir.join("xdg-config"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
