@@ -15,6 +15,7 @@
 //! `pre_exec`) only makes raw syscalls.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use landlock::{
@@ -61,6 +62,8 @@ pub struct Prepared {
     pub bwrap_seccomp: Option<std::os::fd::OwnedFd>,
     ruleset: Option<RulesetCreated>,
     bpf: Option<BpfProgram>,
+    /// Descriptors (besides 0–2) that must survive exec, sorted.
+    keep: Vec<RawFd>,
 }
 
 /// The syscalls the default profile refuses with EPERM.
@@ -183,30 +186,103 @@ fn landlock_ruleset(policy: &SandboxPolicy) -> Result<RulesetCreated, landlock::
 
 /// Build the profile for one spawn.
 pub fn prepare(policy: &SandboxPolicy) -> Result<Prepared, SandboxError> {
-    if policy.off {
-        return Ok(Prepared {
-            nofile: policy.max_open_files,
-            bwrap_seccomp: None,
-            ruleset: None,
-            bpf: None,
-        });
-    }
-    if policy.strict {
-        return Ok(Prepared {
-            nofile: policy.max_open_files,
-            bwrap_seccomp: Some(seccomp_memfd(&seccomp_program()?)?),
-            ruleset: None,
-            bpf: None,
-        });
-    }
-    let ruleset = landlock_ruleset(policy).map_err(|e| SandboxError::Landlock(e.to_string()))?;
-    let bpf = seccomp_program()?;
-    Ok(Prepared {
+    let mut prepared = Prepared {
         nofile: policy.max_open_files,
         bwrap_seccomp: None,
-        ruleset: Some(ruleset),
-        bpf: Some(bpf),
-    })
+        ruleset: None,
+        bpf: None,
+        keep: Vec::new(),
+    };
+    if policy.off {
+        return Ok(prepared);
+    }
+    if policy.strict {
+        let memfd = seccomp_memfd(&seccomp_program()?)?;
+        prepared.keep_open(memfd.as_raw_fd());
+        prepared.bwrap_seccomp = Some(memfd);
+        return Ok(prepared);
+    }
+    prepared.ruleset =
+        Some(landlock_ruleset(policy).map_err(|e| SandboxError::Landlock(e.to_string()))?);
+    prepared.bpf = Some(seccomp_program()?);
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Let descriptor `fd` survive exec (the strict profile hands bwrap the
+    /// verified Node descriptor and the seccomp memfd).
+    pub fn keep_open(&mut self, fd: RawFd) {
+        if let Err(at) = self.keep.binary_search(&fd) {
+            self.keep.insert(at, fd);
+        }
+    }
+}
+
+/// Step 5: every descriptor from 3 up, except `keep` (sorted), becomes
+/// close-on-exec, so exec closes whatever the daemon itself inherited
+/// without `CLOEXEC` (a leaky parent, a debugger). Marking rather than
+/// closing keeps the Landlock ruleset, the verified Node descriptor and std's
+/// exec-error pipe usable until exec. Raw syscalls only.
+fn cloexec_all_but(keep: &[RawFd]) -> std::io::Result<()> {
+    for_each_gap(keep, cloexec_range)
+}
+
+/// Call `f(lo, hi)` for each range of descriptors from 3 to `u32::MAX` that
+/// holds none of `keep` (sorted). No allocation.
+fn for_each_gap(
+    keep: &[RawFd],
+    mut f: impl FnMut(u32, u32) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut lo: u32 = 3;
+    for &fd in keep {
+        let Ok(fd) = u32::try_from(fd) else { continue };
+        if fd < lo {
+            continue;
+        }
+        if fd > lo {
+            f(lo, fd - 1)?;
+        }
+        if fd == u32::MAX {
+            return Ok(());
+        }
+        lo = fd + 1;
+    }
+    f(lo, u32::MAX)
+}
+
+fn cloexec_range(lo: u32, hi: u32) -> std::io::Result<()> {
+    // SAFETY: close_range(2) takes three integers and, with
+    // CLOSE_RANGE_CLOEXEC, only sets descriptor flags; no memory is shared.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    // Before Linux 5.11: one fcntl per possible descriptor.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let top = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as u32
+    } else {
+        1024
+    };
+    for fd in lo..=hi.min(top.saturating_sub(1)) {
+        let fd = fd as RawFd;
+        // SAFETY: fcntl on an integer; a closed descriptor answers EBADF.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn errno(e: nix::errno::Errno) -> std::io::Error {
@@ -222,6 +298,7 @@ impl Prepared {
         if let Some(n) = self.nofile {
             setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
         }
+        cloexec_all_but(&self.keep)?;
         if let Some(fd) = &self.bwrap_seccomp {
             // bwrap reads the program from this fd: let it survive exec.
             use std::os::fd::AsFd;
@@ -294,6 +371,46 @@ fn unsafe_abi_version() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gaps(keep: &[RawFd]) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        for_each_gap(keep, |lo, hi| {
+            out.push((lo, hi));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn the_descriptor_sweep_skips_stdio_and_kept_descriptors() {
+        const MAX: u32 = u32::MAX;
+        type Case = (&'static [RawFd], &'static [(u32, u32)]);
+        let table: &[Case] = &[
+            (&[], &[(3, MAX)]),
+            (&[0, 1, 2], &[(3, MAX)]),
+            (&[3], &[(4, MAX)]),
+            (&[5], &[(3, 4), (6, MAX)]),
+            (&[5, 6, 9], &[(3, 4), (7, 8), (10, MAX)]),
+            (&[-1, 4], &[(3, 3), (5, MAX)]),
+        ];
+        for (keep, want) in table {
+            assert_eq!(gaps(keep), *want, "keep {keep:?}");
+        }
+    }
+
+    #[test]
+    fn kept_descriptors_stay_sorted_and_unique() {
+        let mut p = prepare(&SandboxPolicy {
+            off: true,
+            ..Default::default()
+        })
+        .unwrap();
+        for fd in [9, 4, 9, 6] {
+            p.keep_open(fd);
+        }
+        assert_eq!(p.keep, vec![4, 6, 9]);
+    }
 
     #[test]
     fn the_profile_builds() {

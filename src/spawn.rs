@@ -221,6 +221,7 @@ fn spawn_strict(
             // The verified descriptor survives into the sandbox; its new
             // /proc shows it as the inner process's own fd.
             let fd = f.as_raw_fd();
+            prepared.keep_open(fd);
             cmd.arg(format!("/proc/self/fd/{fd}"));
             // SAFETY: one fcntl(2) in the child on a descriptor the parent keeps open.
             unsafe {

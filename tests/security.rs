@@ -318,6 +318,57 @@ async fn resource_limits_and_the_v8_heap_bound() {
     .await;
 }
 
+/// Which of `pid`'s descriptors point at `file`.
+fn fds_on(pid: i32, file: &std::path::Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == file))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_the_daemon_inherited_never_reach_a_host() {
+    timed(async {
+        for profile in ["default", "strict", "off"] {
+            if profile == "strict" && which::which("bwrap").is_err() {
+                panic!("the strict profile needs bwrap (Debian package bubblewrap); .ci/run installs it");
+            }
+            let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
+            let dir = tmp.path().to_path_buf();
+            let leaked = dir.join("leaked.txt");
+            let d = Daemon::start_with(DaemonOpts {
+                config: Some(format!(
+                    "[sandbox]\nprofile = \"{profile}\"\nwritable_paths = [\"{}\"]\n",
+                    dir.display()
+                )),
+                dir: Some(dir.clone()),
+                leak_fd: Some(leaked.clone()),
+                ..Default::default()
+            });
+            assert_eq!(
+                fds_on(d.pid(), &leaked),
+                [LEAKED_FD.to_string()],
+                "the harness must leak fd {LEAKED_FD} into the daemon"
+            );
+            let mut c = d.client().await;
+            let out = dir.join("env.json");
+            c.ok("host.start", start_params(&d, "acme.fds", "dump-env.js", &[out.to_str().unwrap()]))
+                .await;
+            wait_for_file(&out).await;
+            let pids = marker_pids(&d.marker);
+            assert!(!pids.is_empty(), "{profile}: no host process found");
+            for pid in pids {
+                assert_eq!(fds_on(pid, &leaked), Vec::<String>::new(), "{profile}: host {pid} inherited the daemon's descriptor");
+            }
+            c.ok("host.stop", json!({"extensionId": "acme.fds"})).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_kills_a_grandchild_that_left_the_process_group() {
     timed(async {

@@ -128,7 +128,13 @@ pub struct DaemonOpts {
     pub marker: Option<String>,
     /// Reuse this directory (for a second daemon on the same socket).
     pub dir: Option<PathBuf>,
+    /// Open this file and let the daemon inherit it as fd 100 *without*
+    /// close-on-exec, as a careless parent would.
+    pub leak_fd: Option<PathBuf>,
 }
+
+/// The descriptor number [`DaemonOpts::leak_fd`] lands on.
+pub const LEAKED_FD: i32 = 100;
 
 /// A running `dscode-hostd`.
 pub struct Daemon {
@@ -196,7 +202,30 @@ impl Daemon {
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
+        let leaked = opts.leak_fd.as_ref().map(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .unwrap()
+        });
+        if let Some(f) = &leaked {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let fd = f.as_raw_fd();
+            // SAFETY: one dup2(2) in the forked child; dup2 clears CLOEXEC on
+            // the new descriptor, which is the point.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, LEAKED_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("spawn dscode-hostd");
+        drop(leaked);
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let lines = stderr.clone();
