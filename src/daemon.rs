@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use interprocess::local_socket::{ListenerOptions, tokio::Listener};
 use tokio::sync::{mpsc, watch};
 
@@ -117,7 +117,7 @@ fn bind(socket: &Path) -> anyhow::Result<Listener> {
     // unless something without the lock answers on it.
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!(
+            anyhow::bail!(
                 "another process is serving socket {}; stop it first, or pass a different --socket",
                 socket.display()
             );
@@ -173,13 +173,50 @@ fn inherited_listener() -> anyhow::Result<Option<Listener>> {
     Ok(None)
 }
 
-/// Tell the service manager something, if there is one.
-fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some()
-        && let Err(e) = sd_notify::notify(states)
-    {
+/// What the daemon tells its service manager.
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Notice<'a> {
+    /// Up (or reloaded); with a status line.
+    Ready(&'a str),
+    Reloading,
+    Stopping,
+    Watchdog,
+    Status(&'a str),
+}
+
+/// Tell systemd (`sd_notify`), if it is listening.
+#[cfg(unix)]
+fn notify(notice: Notice<'_>) {
+    use sd_notify::NotifyState as S;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let mut states = Vec::with_capacity(2);
+    match notice {
+        Notice::Ready(status) => states.extend([S::Ready, S::Status(status)]),
+        Notice::Reloading => {
+            states.push(S::Reloading);
+            states.extend(S::monotonic_usec_now().ok());
+        }
+        Notice::Stopping => states.push(S::Stopping),
+        Notice::Watchdog => states.push(S::Watchdog),
+        Notice::Status(status) => states.push(S::Status(status)),
+    }
+    if let Err(e) = sd_notify::notify(&states) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
+}
+
+/// No service-manager channel off Unix (the Windows service API is absent).
+#[cfg(not(unix))]
+fn notify(_notice: Notice<'_>) {}
+
+/// systemd's `WatchdogSec`, when set for this process.
+fn watchdog_period() -> Option<Duration> {
+    #[cfg(unix)]
+    return sd_notify::watchdog_enabled();
+    #[cfg(not(unix))]
+    return None;
 }
 
 fn status_line(supervisor: &Supervisor) -> String {
@@ -301,7 +338,7 @@ fn sandbox_support(
         );
     } else if s.landlock == "unsupported" || s.seccomp == "unsupported" {
         if config.sandbox.require {
-            bail!(
+            anyhow::bail!(
                 "sandbox.require is set but this kernel lacks it: landlock {}, seccomp {}",
                 s.landlock,
                 s.seccomp
@@ -441,20 +478,17 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
 
     apply_hosts(&supervisor, &config, true).await;
     let status_task = tokio::spawn(report_status(supervisor.clone()));
-    let watchdog_task = sd_notify::watchdog_enabled().map(|period| {
+    let watchdog_task = watchdog_period().map(|period| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
             loop {
                 tick.tick().await;
-                notify(&[sd_notify::NotifyState::Watchdog]);
+                notify(Notice::Watchdog);
             }
         })
     });
     let status = status_line(&supervisor);
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
+    notify(Notice::Ready(&status));
     tracing::info!(%status, "ready: autostart hosts spawned");
 
     let why = loop {
@@ -475,7 +509,7 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!(reason = why, "shutting down: stopping every host");
-    notify(&[sd_notify::NotifyState::Stopping]);
+    notify(Notice::Stopping);
     status_task.abort();
     let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
     tokio::pin!(stop_all);
@@ -515,9 +549,7 @@ async fn reload(
     supervisor: &Arc<Supervisor>,
     state: &DaemonState,
 ) -> Result<(), String> {
-    let mut reloading = vec![sd_notify::NotifyState::Reloading];
-    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
-    notify(&reloading);
+    notify(Notice::Reloading);
     let result = match load_config(opts) {
         Err(e) => {
             tracing::error!(error = %e, "config reload failed; keeping the previous config");
@@ -546,10 +578,7 @@ async fn reload(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = result.clone().err();
     let status = status_line(supervisor);
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
+    notify(Notice::Ready(&status));
     result
 }
 
@@ -570,7 +599,7 @@ async fn report_status(supervisor: Arc<Supervisor>) {
             tokio::time::timeout_at(deadline, events.recv()).await
         {}
         let status = status_line(&supervisor);
-        notify(&[sd_notify::NotifyState::Status(&status)]);
+        notify(Notice::Status(&status));
     }
 }
 
@@ -581,7 +610,8 @@ enum Sig {
     Hup,
 }
 
-/// SIGTERM, SIGINT and SIGHUP (Ctrl-C elsewhere) as one stream.
+/// SIGTERM, SIGINT and SIGHUP as one stream; on Windows, Ctrl-C (as
+/// SIGINT) and Ctrl-Break, console close and system shutdown (as SIGTERM).
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
@@ -589,6 +619,14 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     hup: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    ctrl_break: tokio::signal::windows::CtrlBreak,
+    #[cfg(windows)]
+    close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    shutdown: tokio::signal::windows::CtrlShutdown,
 }
 
 impl Signals {
@@ -602,8 +640,16 @@ impl Signals {
                 hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
             })
         }
-        #[cfg(not(unix))]
-        Ok(Signals {})
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows;
+            Ok(Signals {
+                ctrl_c: windows::ctrl_c().context("installing the Ctrl-C handler")?,
+                ctrl_break: windows::ctrl_break().context("installing the Ctrl-Break handler")?,
+                close: windows::ctrl_close().context("installing the console-close handler")?,
+                shutdown: windows::ctrl_shutdown().context("installing the shutdown handler")?,
+            })
+        }
     }
 
     async fn next(&mut self) -> Sig {
@@ -615,10 +661,14 @@ impl Signals {
                 _ = self.hup.recv() => Sig::Hup,
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            let _ = tokio::signal::ctrl_c().await;
-            Sig::Int
+            tokio::select! {
+                _ = self.ctrl_c.recv() => Sig::Int,
+                _ = self.ctrl_break.recv() => Sig::Term,
+                _ = self.close.recv() => Sig::Term,
+                _ = self.shutdown.recv() => Sig::Term,
+            }
         }
     }
 }

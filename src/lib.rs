@@ -25,5 +25,4 @@ pub mod spawn;
 pub mod state;
 pub mod supervisor;
 pub mod time;
-#[cfg(unix)]
 pub mod verify;

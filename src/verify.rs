@@ -4,11 +4,16 @@
 //!
 //! Hashes are cached by (device, inode, size, mtime, ctime), so a 100 MB Node
 //! is hashed once, not on every restart. The binary is never modified.
+//!
+//! Executing the descriptor needs `/proc/self/fd` (Linux). On Windows the
+//! file is opened without `FILE_SHARE_WRITE`/`FILE_SHARE_DELETE` and held
+//! open across the spawn, so it cannot be changed or replaced until the
+//! process exists; on macOS the path is executed after the check, with a
+//! window (documented in `SECURITY.md`).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,6 +84,52 @@ pub struct VerifiedFile {
 
 type Key = (u64, u64, u64, i64, i64, i64, i64);
 
+#[cfg(unix)]
+fn cache_key(m: &std::fs::Metadata) -> Key {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// Windows has no stable inode in std: size, write time and creation time.
+#[cfg(windows)]
+fn cache_key(m: &std::fs::Metadata) -> Key {
+    use std::os::windows::fs::MetadataExt;
+    (
+        0,
+        0,
+        m.file_size(),
+        m.last_write_time() as i64,
+        0,
+        m.creation_time() as i64,
+        0,
+    )
+}
+
+#[cfg(unix)]
+fn open_for_exec(path: &Path) -> std::io::Result<File> {
+    // std opens with O_CLOEXEC.
+    File::open(path)
+}
+
+/// Readers (the loader) may share it; writers and renames may not.
+#[cfg(windows)]
+fn open_for_exec(path: &Path) -> std::io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    const FILE_SHARE_READ: u32 = 1;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ)
+        .open(path)
+}
+
 fn cache() -> &'static Mutex<HashMap<Key, String>> {
     static CACHE: OnceLock<Mutex<HashMap<Key, String>>> = OnceLock::new();
     CACHE.get_or_init(Default::default)
@@ -105,17 +156,8 @@ pub fn open_verified(path: &Path, allowed: &[String]) -> Result<VerifiedFile, Ve
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    let file = File::open(path).map_err(read_err)?;
-    let m = file.metadata().map_err(read_err)?;
-    let key = (
-        m.dev(),
-        m.ino(),
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    );
+    let file = open_for_exec(path).map_err(read_err)?;
+    let key = cache_key(&file.metadata().map_err(read_err)?);
     let cached = cache()
         .lock()
         .unwrap_or_else(|p| p.into_inner())

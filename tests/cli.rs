@@ -1,5 +1,8 @@
 //! `dscode-hostctl` against a real daemon: tables, --json, exit codes.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,8 @@
 //! The daemon process: shutdown, single instance, stale socket, permissions.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

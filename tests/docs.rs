@@ -1,5 +1,8 @@
 //! The documented socat/jq one-liners, run byte for byte against a real daemon.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::path::Path;

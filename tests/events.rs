@@ -1,5 +1,8 @@
 //! State-change subscriptions: snapshot, ordering, filters, lag.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::time::Duration;

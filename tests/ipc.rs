@@ -1,5 +1,8 @@
 //! The extension-host IPC broker against the reference host fixture.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::time::{Duration, Instant};

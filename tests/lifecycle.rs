@@ -1,5 +1,8 @@
 //! Host lifecycle against a real daemon and real node hosts.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::time::{Duration, Instant};

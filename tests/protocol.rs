@@ -1,5 +1,8 @@
 //! Wire-format and protocol-error cases, byte for byte, against a real daemon.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::time::Duration;

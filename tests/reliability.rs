@@ -1,6 +1,9 @@
 //! Reliability under chaos and abuse: nothing lost, nothing left, nothing
 //! disturbed. Bounded in time; part of `cargo test`.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::collections::HashMap;

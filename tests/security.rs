@@ -1,5 +1,8 @@
 //! Isolation and hygiene of the hosts' environment and processes.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! Running as a service: config errors, autostart, reload, sd_notify, socket
 //! activation, log files, packaging files.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

@@ -1,6 +1,9 @@
 //! A storm of concurrent clients: the only errors are -32001/-32002, the final
 //! states agree with the event stream, and no host process is left.
 
+// Drives real processes with Unix signals, sockets and /proc.
+#![cfg(unix)]
+
 mod common;
 
 use std::collections::HashMap;

@@ -341,9 +341,17 @@ fn interrupted() -> impl std::future::Future<Output = ()> {
             }
         }
     }
-    #[cfg(not(unix))]
-    async {
-        let _ = tokio::signal::ctrl_c().await;
+    #[cfg(windows)]
+    {
+        let ctrl_c = tokio::signal::windows::ctrl_c();
+        async move {
+            match ctrl_c {
+                Ok(mut c) => {
+                    c.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! about host states or JSON-RPC.
 
 pub mod frame;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,12 +20,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, WriteHalf};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use frame::FrameCodec;
 pub use frame::{FrameError, Message};
+use transport::Stream;
+pub use transport::ipc_paths;
 
 /// Why a request relayed to a host did not get a `-response`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -72,7 +74,7 @@ pub trait HostRequests: Send + Sync + 'static {
 
 /// One direction of a channel, writable by many tasks.
 struct Conn {
-    writer: tokio::sync::Mutex<WriteHalf<UnixStream>>,
+    writer: tokio::sync::Mutex<WriteHalf<Stream>>,
     max_frame: usize,
 }
 
@@ -279,35 +281,17 @@ impl SessionHandle {
 
 /// The sockets of one host process, bound before it is spawned.
 pub struct Prepared {
-    listener: UnixListener,
+    listener: transport::Listener,
     /// Where the daemon listens (`DSCODE_INCOMING_IPC_URL`).
     pub incoming: PathBuf,
     /// Where the host must listen (`DSCODE_IPC_URL`).
     pub host: PathBuf,
 }
 
-/// Create the 0700 directory, clear stale files and bind the incoming socket
-/// (0600).
+/// Bind the daemon's end (see [`transport::bind`]).
 pub fn prepare(incoming: &Path, host: &Path) -> std::io::Result<Prepared> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = incoming.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    for p in [incoming, host] {
-        match std::fs::remove_file(p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let listener = UnixListener::bind(incoming)?;
-    std::fs::set_permissions(incoming, std::fs::Permissions::from_mode(0o600))?;
     Ok(Prepared {
-        listener,
+        listener: transport::bind(incoming, host)?,
         incoming: incoming.to_path_buf(),
         host: host.to_path_buf(),
     })
@@ -340,13 +324,6 @@ pub fn start(
     handle
 }
 
-fn peer_is_us(stream: &UnixStream) -> bool {
-    match stream.peer_cred() {
-        Ok(c) => c.uid() == nix::unistd::geteuid().as_raw(),
-        Err(_) => false,
-    }
-}
-
 async fn run(
     prepared: Prepared,
     config: SessionConfig,
@@ -365,8 +342,8 @@ async fn run(
             () = closed(&shared) => return,
         };
         match accepted {
-            Ok((s, _)) if peer_is_us(&s) => break s,
-            Ok(_) => {
+            Ok((s, true)) => break s,
+            Ok((_, false)) => {
                 tracing::warn!(extension_id = %id, "refused an IPC connection from another user")
             }
             Err(e) => {
@@ -375,8 +352,7 @@ async fn run(
             }
         }
     };
-    drop(prepared.listener);
-    let _ = std::fs::remove_file(&prepared.incoming);
+    prepared.listener.close();
     let (read, write) = tokio::io::split(stream);
     let incoming = Arc::new(Conn {
         writer: tokio::sync::Mutex::new(write),
@@ -458,10 +434,10 @@ fn fail(shared: &Shared, reason: &str) {
 
 /// Connect to the host's socket, retrying with a bounded backoff (the host
 /// may announce readiness a moment before its listener accepts).
-async fn connect_back(path: &Path) -> std::io::Result<UnixStream> {
+async fn connect_back(path: &Path) -> std::io::Result<Stream> {
     let mut last = None;
     for attempt in 1..=10u64 {
-        match UnixStream::connect(path).await {
+        match transport::connect(path).await {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -471,7 +447,7 @@ async fn connect_back(path: &Path) -> std::io::Result<UnixStream> {
 }
 
 async fn read_outgoing(
-    read: tokio::io::ReadHalf<UnixStream>,
+    read: tokio::io::ReadHalf<Stream>,
     conn: Arc<Conn>,
     handle: SessionHandle,
     config: SessionConfig,

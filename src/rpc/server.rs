@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use interprocess::local_socket::tokio::{Listener, Stream};
-use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
 use jsonrpsee::Methods;
 use tokio::io::AsyncWriteExt;
@@ -29,6 +28,7 @@ pub fn peer_allowed(peer: u32, me: u32) -> bool {
 
 #[cfg(unix)]
 fn check_peer(stream: &Stream) -> bool {
+    use interprocess::local_socket::traits::StreamCommon as _;
     let me = crate::paths::current_uid();
     match stream.peer_creds() {
         Ok(creds) => match creds.euid() {

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use sha2::{Digest, Sha256};
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -173,7 +172,7 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         attempts_used: 0,
         child: None,
         pid: None,
-        pgid: None,
+        group: None,
         #[cfg(target_os = "linux")]
         cgroup: None,
         started: None,
@@ -235,8 +234,9 @@ struct HostActor {
     attempts_used: u32,
     child: Option<Child>,
     pid: Option<u32>,
-    /// The host's process group, kept until the group is known to be empty.
-    pgid: Option<i32>,
+    /// The host's process group (a Job Object on Windows), kept until it is
+    /// known to be empty.
+    group: Option<spawn::ProcessGroup>,
     /// The host process's cgroup, when cgroups are in use.
     #[cfg(target_os = "linux")]
     cgroup: Option<crate::cgroup::HostCgroup>,
@@ -367,18 +367,17 @@ impl HostActor {
 
     /// `<state>/hosts/<id>/tmp`, created 0700: the host's private TMPDIR.
     fn private_tmp(&self, config: &SupervisorConfig) -> Option<std::path::PathBuf> {
-        use std::os::unix::fs::DirBuilderExt;
         let dir = config
             .state_dir
             .as_ref()?
             .join("hosts")
             .join(&*self.id)
             .join("tmp");
-        match std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-        {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        match builder.create(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
                 tracing::warn!(extension_id = %self.id, error = %e, dir = %dir.display(), "cannot create the host's TMPDIR");
@@ -447,7 +446,7 @@ impl HostActor {
         for (k, v) in &self.spec.env {
             env.insert(k.into(), v.into());
         }
-        let (outgoing, incoming) = ipc_paths(&config.runtime_dir, &self.id);
+        let (outgoing, incoming) = ipc::ipc_paths(&config.runtime_dir, &self.id);
         env.insert(
             "DSCODE_IPC_URL".into(),
             format!("ipc://{}", outgoing.display()).into(),
@@ -509,7 +508,7 @@ impl HostActor {
         &mut self,
         config: &SupervisorConfig,
     ) -> Result<(spawn::Spawned, ipc::Prepared), SpawnError> {
-        let (host_sock, incoming_sock) = ipc_paths(&config.runtime_dir, &self.id);
+        let (host_sock, incoming_sock) = ipc::ipc_paths(&config.runtime_dir, &self.id);
         let prepared = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
             path: incoming_sock.clone(),
             source: Arc::new(e),
@@ -559,10 +558,10 @@ impl HostActor {
             Ok((mut s, prepared)) => {
                 self.generation += 1;
                 self.pid = Some(s.pid);
-                self.pgid = Some(s.pgid);
                 if let Some(r) = &self.records {
-                    r.up(&self.id, s.pid, s.pgid, self.cgroup_dir());
+                    r.up(&self.id, s.pid, s.group.id(), self.cgroup_dir());
                 }
+                self.group = Some(s.group);
                 self.started = Some((SystemTime::now(), Instant::now()));
                 self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
                 let max = config.log_line_bytes;
@@ -645,7 +644,7 @@ impl HostActor {
         }
         // Unrequested exit: the group's (and cgroup's) leftovers go with it.
         self.kill_tree();
-        self.pgid = None;
+        self.group = None;
         self.release_cgroup();
         if let Some(r) = &self.records {
             r.down(&self.id);
@@ -727,14 +726,14 @@ impl HostActor {
             waiters: vec![reply],
             restarts: Vec::new(),
         };
-        if let Some(pgid) = self.pgid {
-            spawn::signal_group(pgid, StopSignal::Term);
+        if let Some(group) = &self.group {
+            group.signal(StopSignal::Term);
             stopping.kill_at = Some(Instant::now() + timeout);
             if self.child.is_none() {
                 stopping.poll_at = Some(Instant::now());
             }
         }
-        let nothing_to_wait_for = self.pgid.is_none();
+        let nothing_to_wait_for = self.group.is_none();
         self.stop = Some(stopping);
         self.apply(Input::Stop, "stop requested");
         if nothing_to_wait_for {
@@ -751,8 +750,8 @@ impl HostActor {
             s.give_up_at.is_some_and(|t| t <= now),
         );
         if kill_due {
-            if let Some(pgid) = self.pgid {
-                tracing::warn!(extension_id = %self.id, pgid, "stop timeout passed; sending SIGKILL to the process group");
+            if let Some(group) = &self.group {
+                tracing::warn!(extension_id = %self.id, pgid = group.id(), "stop timeout passed; sending SIGKILL to the process group");
             }
             self.kill_tree();
             if let Some(s) = &mut self.stop {
@@ -765,7 +764,7 @@ impl HostActor {
                 s.poll_at = None;
             }
             if self.child.is_none() {
-                let group = self.pgid.is_some_and(spawn::group_alive);
+                let group = self.group.as_ref().is_some_and(|g| g.alive());
                 if !group && !self.cgroup_populated() {
                     self.finish_stop().await;
                     return;
@@ -781,7 +780,7 @@ impl HostActor {
             }
         }
         if give_up_due && self.child.is_none() {
-            tracing::error!(extension_id = %self.id, pgid = ?self.pgid, "process group still not empty after SIGKILL; giving up waiting");
+            tracing::error!(extension_id = %self.id, pgid = ?self.group.as_ref().map(|g| g.id()), "process group still not empty after SIGKILL; giving up waiting");
             self.finish_stop().await;
         }
     }
@@ -800,8 +799,8 @@ impl HostActor {
     /// SIGKILL the host's process group and, where there is one, its cgroup
     /// (which also holds descendants that left the group).
     fn kill_tree(&self) {
-        if let Some(pgid) = self.pgid {
-            spawn::signal_group(pgid, StopSignal::Kill);
+        if let Some(group) = &self.group {
+            group.signal(StopSignal::Kill);
         }
         #[cfg(target_os = "linux")]
         if let Some(cg) = &self.cgroup {
@@ -844,7 +843,7 @@ impl HostActor {
     }
 
     async fn finish_stop(&mut self) {
-        self.pgid = None;
+        self.group = None;
         self.release_cgroup();
         if let Some(r) = &self.records {
             r.down(&self.id);
@@ -943,20 +942,4 @@ fn test_hook_after_verify(spec: &LaunchSpec) {
     {
         let _ = std::process::Command::new(cmd).arg(&spec.node).status();
     }
-}
-
-/// The per-host IPC socket paths under the runtime dir: where the host listens
-/// (`DSCODE_IPC_URL`) and where the daemon listens (`DSCODE_INCOMING_IPC_URL`).
-/// Named by a hash of the id so they fit the 108-byte socket path limit.
-pub fn ipc_paths(
-    runtime_dir: &Path,
-    extension_id: &str,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let digest = Sha256::digest(extension_id.as_bytes());
-    let short: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let dir = runtime_dir.join("ipc");
-    (
-        dir.join(format!("{short}.host.sock")),
-        dir.join(format!("{short}.daemon.sock")),
-    )
 }

@@ -128,10 +128,26 @@ pub fn reap_leftovers(path: &Path) -> Vec<String> {
             return Vec::new();
         }
     };
+    // Without /proc there are no start times to tell a recycled pid from a
+    // leftover: kill nothing (on Windows the job objects took the hosts down
+    // with the daemon).
+    #[cfg(not(target_os = "linux"))]
+    let reaped = {
+        drop(records);
+        Vec::new()
+    };
+    #[cfg(target_os = "linux")]
+    let reaped = reap_records(records);
+    let _ = write_atomic(path, &[]);
+    reaped
+}
+
+/// Kill every leftover a record names.
+#[cfg(target_os = "linux")]
+fn reap_records(records: Vec<Record>) -> Vec<String> {
     let mut reaped = Vec::new();
     for r in records {
         // A cgroup holds only what we put there: kill it whole, escapees too.
-        #[cfg(target_os = "linux")]
         if let Some(dir) = r.cgroup.as_ref().filter(|d| d.is_dir()) {
             let cg = crate::cgroup::HostCgroup { dir: dir.clone() };
             if cg.populated() {
@@ -140,41 +156,48 @@ pub fn reap_leftovers(path: &Path) -> Vec<String> {
             }
             cg.remove();
         }
-        if r.pgid <= 1 {
-            continue;
-        }
-        match start_time(r.pid) {
-            Some(t) if t == r.start_time => {
-                crate::spawn::signal_group(r.pgid, crate::spawn::StopSignal::Kill);
-                reaped.push(format!("{} (group {})", r.extension_id, r.pgid));
-            }
-            Some(_) => {
-                tracing::info!(extension_id = %r.extension_id, pid = r.pid, "recorded pid now belongs to another process; left alone");
-            }
-            None => {
-                let members = group_members_since(r.pgid, r.start_time);
-                for pid in &members {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                if !members.is_empty() {
-                    reaped.push(format!(
-                        "{} ({} leftover processes of group {})",
-                        r.extension_id,
-                        members.len(),
-                        r.pgid
-                    ));
-                }
-            }
-        }
+        reap_group(&r, &mut reaped);
     }
-    let _ = write_atomic(path, &[]);
     reaped
 }
 
+/// Kill what is left of the group a record names, unless its pid was
+/// recycled (`/proc` tells start times apart).
+#[cfg(target_os = "linux")]
+fn reap_group(r: &Record, reaped: &mut Vec<String>) {
+    if r.pgid <= 1 {
+        return;
+    }
+    match start_time(r.pid) {
+        Some(t) if t == r.start_time => {
+            crate::spawn::signal_group(r.pgid, crate::spawn::StopSignal::Kill);
+            reaped.push(format!("{} (group {})", r.extension_id, r.pgid));
+        }
+        Some(_) => {
+            tracing::info!(extension_id = %r.extension_id, pid = r.pid, "recorded pid now belongs to another process; left alone");
+        }
+        None => {
+            let members = group_members_since(r.pgid, r.start_time);
+            for pid in &members {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if !members.is_empty() {
+                reaped.push(format!(
+                    "{} ({} leftover processes of group {})",
+                    r.extension_id,
+                    members.len(),
+                    r.pgid
+                ));
+            }
+        }
+    }
+}
+
 /// Live processes of group `pgid` that started no earlier than `since`.
+#[cfg(target_os = "linux")]
 fn group_members_since(pgid: i32, since: u64) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();

@@ -97,7 +97,7 @@ fn parse_args() -> anyhow::Result<Opts> {
     Ok(o)
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
     raise_nofile();
     let mut rows = Vec::new();
@@ -974,8 +974,7 @@ fn relay(o: &Opts) -> anyhow::Result<Vec<Row>> {
     )?;
     let req = json!({"jsonrpc":"2.0","id":1,"method":"host.request","params":{"extensionId":"bench.ipc","type":"echo","payload":{"x":1}}}).to_string();
     // The same fixture's own socket, spoken to directly.
-    let (host_sock, _) =
-        dscode_hostd::supervisor::host::ipc_paths(d.socket.parent().unwrap(), "bench.ipc");
+    let (host_sock, _) = dscode_hostd::ipc::ipc_paths(d.socket.parent().unwrap(), "bench.ipc");
     let mut direct = UnixStream::connect(&host_sock)?;
     let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..o.repeats {

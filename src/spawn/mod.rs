@@ -12,6 +12,15 @@ use std::sync::Arc;
 
 use tokio::process::{Child, Command};
 
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub use unix::{ProcessGroup, group_alive, signal_group};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::ProcessGroup;
+
 /// Why a host could not be spawned.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpawnError {
@@ -131,11 +140,11 @@ pub struct LaunchSpec {
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
-/// group id, which equals its pid.
+/// group (Unix: the group it leads; Windows: its kill-on-close Job Object).
 pub struct Spawned {
     pub child: Child,
     pub pid: u32,
-    pub pgid: i32,
+    pub group: ProcessGroup,
 }
 
 /// Spawn `node <entry> [args…]` in a new process group with stdin null and
@@ -152,13 +161,17 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         return spawn_strict(spec, policy, prepared.expect("checked above"));
     }
     let mut cmd = match &spec.exec_fd {
+        #[cfg(target_os = "linux")]
         Some(f) => {
             use std::os::fd::AsRawFd;
             let mut cmd = Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
             cmd.arg0(&spec.node);
             cmd
         }
-        None => Command::new(&spec.node),
+        // Elsewhere the path runs while the verified file is held open
+        // (on Windows without FILE_SHARE_WRITE/DELETE, so it cannot be
+        // changed or replaced meanwhile; on macOS a window remains).
+        _ => Command::new(&spec.node),
     };
     cmd.args(&spec.node_args)
         .arg(&spec.entry)
@@ -172,6 +185,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         .kill_on_drop(false);
     #[cfg(unix)]
     cmd.process_group(0);
+    #[cfg(windows)]
+    cmd.creation_flags(windows::CREATE_NEW_PROCESS_GROUP);
     #[cfg(target_os = "linux")]
     {
         die_with_daemon(&mut cmd);
@@ -315,11 +330,20 @@ fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnErr
         path: spec.node.clone(),
         source: Arc::new(io::Error::other("child exited before its pid was read")),
     })?;
-    Ok(Spawned {
-        child,
-        pid,
-        pgid: pid as i32,
-    })
+    #[cfg(unix)]
+    let group = ProcessGroup::led_by(pid);
+    #[cfg(windows)]
+    let group = {
+        let raw = child.raw_handle().ok_or_else(|| SpawnError::Exec {
+            path: spec.node.clone(),
+            source: Arc::new(io::Error::other("child exited before its handle was read")),
+        })?;
+        ProcessGroup::contain(raw, pid).map_err(|source| SpawnError::Exec {
+            path: spec.node.clone(),
+            source: Arc::new(source),
+        })?
+    };
+    Ok(Spawned { child, pid, group })
 }
 
 type Job = (
@@ -372,75 +396,6 @@ impl Spawner {
 pub enum StopSignal {
     Term,
     Kill,
-}
-
-/// Signal every process in group `pgid`. A group that is already gone is not
-/// an error.
-#[cfg(unix)]
-pub fn signal_group(pgid: i32, sig: StopSignal) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    let s = match sig {
-        StopSignal::Term => Signal::SIGTERM,
-        StopSignal::Kill => Signal::SIGKILL,
-    };
-    if pgid <= 1 {
-        return; // never signal "all processes" or init's group
-    }
-    match killpg(Pid::from_raw(pgid), s) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pgid, signal = ?s, error = %e, "signalling process group failed"),
-    }
-}
-
-/// Whether any live (non-zombie) process is still in group `pgid`.
-///
-/// `killpg(pgid, 0)` answers "no" cheaply in the common case. When it says
-/// "yes" the members may all be zombies waiting for a reaper that never comes
-/// (an init that does not reap, as on this project's CI VMs), so on Linux
-/// `/proc` decides.
-#[cfg(unix)]
-pub fn group_alive(pgid: i32) -> bool {
-    use nix::sys::signal::killpg;
-    use nix::unistd::Pid;
-    if pgid <= 1 {
-        return false;
-    }
-    match killpg(Pid::from_raw(pgid), None) {
-        Err(nix::errno::Errno::ESRCH) => false,
-        _ => live_group_members(pgid).map(|n| n > 0).unwrap_or(true),
-    }
-}
-
-/// Count the non-zombie processes of group `pgid` from `/proc`.
-#[cfg(target_os = "linux")]
-fn live_group_members(pgid: i32) -> io::Result<usize> {
-    let mut n = 0;
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some((state, pgrp)) = parse_stat_state_pgrp(&stat)
-            && pgrp == pgid
-            && state != 'Z'
-            && state != 'X'
-        {
-            n += 1;
-        }
-    }
-    Ok(n)
-}
-
-#[cfg(all(unix, not(target_os = "linux")))]
-fn live_group_members(_pgid: i32) -> io::Result<usize> {
-    // No /proc: trust killpg, which counts zombies as members.
-    Ok(1)
 }
 
 /// From `/proc/<pid>/stat`: the state letter and the process group id. The
@@ -555,13 +510,13 @@ mod tests {
             cgroup_procs: None,
         };
         let mut s = spawn(&spec).unwrap();
-        assert!(group_alive(s.pgid));
-        signal_group(s.pgid, StopSignal::Kill);
+        assert!(s.group.alive());
+        s.group.signal(StopSignal::Kill);
         let status = s.child.wait().await.unwrap();
         assert_eq!(ExitOutcome::from(status).signal, Some(9));
         // The grandchild may linger as a zombie for a moment; wait with a deadline.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while group_alive(s.pgid) {
+        while s.group.alive() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "group survived SIGKILL"

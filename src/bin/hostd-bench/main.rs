@@ -1,0 +1,19 @@
+//! `hostd-bench`: measures the daemon against this machine's floors. See
+//! `bench.rs` and README §Performance.
+//!
+//! It measures Unix process control (fork, process groups, `/proc`), so on
+//! other systems it only says so.
+
+#[cfg(unix)]
+mod bench;
+
+#[cfg(unix)]
+fn main() -> anyhow::Result<()> {
+    bench::main()
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("hostd-bench measures Unix process control and does not run on this OS");
+    std::process::exit(2);
+}

@@ -1,0 +1,164 @@
+//! The OS channel under a [`Session`](super::SessionHandle): a Unix socket
+//! (0600, in a 0700 directory, peer uid checked) or, on Windows, a named
+//! pipe (`\\.\pipe\<name>`, as DSCode hosts expect there).
+//!
+//! The Windows half compiles (`cargo check --target x86_64-pc-windows-gnu`)
+//! but has never run: see `SECURITY.md`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The per-host IPC sockets under the runtime dir: where the host listens
+/// (`DSCODE_IPC_URL`) and where the daemon listens
+/// (`DSCODE_INCOMING_IPC_URL`). Named by a hash of the id so they fit the
+/// 108-byte Unix socket path limit.
+#[cfg(unix)]
+pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
+    let short = short_hash(extension_id.as_bytes());
+    let dir = runtime_dir.join("ipc");
+    (
+        dir.join(format!("{short}.host.sock")),
+        dir.join(format!("{short}.daemon.sock")),
+    )
+}
+
+/// Named pipes live in one machine-wide namespace: the daemon's runtime
+/// directory goes into the name so two daemons never collide.
+#[cfg(windows)]
+pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
+    let daemon = short_hash(runtime_dir.as_os_str().as_encoded_bytes());
+    let short = short_hash(extension_id.as_bytes());
+    let pipe =
+        |side: &str| PathBuf::from(format!(r"\\.\pipe\dscode-hostd-{daemon}-{short}.{side}"));
+    (pipe("host"), pipe("daemon"))
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(unix)]
+pub type Stream = tokio::net::UnixStream;
+
+#[cfg(windows)]
+pub type Stream = interprocess::local_socket::tokio::Stream;
+
+/// The daemon's listening end for one host process.
+pub struct Listener {
+    #[cfg(unix)]
+    inner: tokio::net::UnixListener,
+    #[cfg(windows)]
+    inner: interprocess::local_socket::tokio::Listener,
+    path: PathBuf,
+}
+
+/// Create the 0700 directory, clear stale files and bind `incoming` (0600).
+#[cfg(unix)]
+pub fn bind(incoming: &Path, host: &Path) -> io::Result<Listener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = incoming.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for p in [incoming, host] {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let inner = tokio::net::UnixListener::bind(incoming)?;
+    std::fs::set_permissions(incoming, std::fs::Permissions::from_mode(0o600))?;
+    Ok(Listener {
+        inner,
+        path: incoming.to_path_buf(),
+    })
+}
+
+/// Create the pipe `incoming` (the default DACL: the creating user, SYSTEM
+/// and administrators).
+#[cfg(windows)]
+pub fn bind(incoming: &Path, _host: &Path) -> io::Result<Listener> {
+    use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+    let inner = ListenerOptions::new()
+        .name(incoming.to_fs_name::<GenericFilePath>()?)
+        .create_tokio()?;
+    Ok(Listener {
+        inner,
+        path: incoming.to_path_buf(),
+    })
+}
+
+impl Listener {
+    /// The next connection, with whether its peer is this daemon's user.
+    pub async fn accept(&self) -> io::Result<(Stream, bool)> {
+        #[cfg(unix)]
+        {
+            let (s, _) = self.inner.accept().await?;
+            let ours = match s.peer_cred() {
+                Ok(c) => c.uid() == nix::unistd::geteuid().as_raw(),
+                Err(_) => false,
+            };
+            Ok((s, ours))
+        }
+        #[cfg(windows)]
+        {
+            use interprocess::local_socket::traits::tokio::Listener as _;
+            // The pipe's DACL admits only this user (and SYSTEM, admins).
+            Ok((self.inner.accept().await?, true))
+        }
+    }
+
+    /// Stop listening and remove the socket file (a pipe goes with its
+    /// handle).
+    pub fn close(self) {
+        let Listener { inner, path } = self;
+        drop(inner);
+        if cfg!(unix) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Connect to the socket (or pipe) the host listens on.
+pub async fn connect(path: &Path) -> io::Result<Stream> {
+    #[cfg(unix)]
+    {
+        tokio::net::UnixStream::connect(path).await
+    }
+    #[cfg(windows)]
+    {
+        use interprocess::local_socket::traits::tokio::Stream as _;
+        use interprocess::local_socket::{GenericFilePath, ToFsName};
+        Stream::connect(path.to_fs_name::<GenericFilePath>()?).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipc_names_are_short_and_distinct_per_host() {
+        let run = Path::new("/run/user/1000/dscode-hostd");
+        let (h1, d1) = ipc_paths(run, "acme.one");
+        let (h2, _) = ipc_paths(run, "acme.two");
+        assert_ne!(h1, d1);
+        assert_ne!(h1, h2);
+        // sun_path holds 108 bytes, NUL included.
+        assert!(h1.as_os_str().len() < 108, "{}", h1.display());
+        let long = "x".repeat(500);
+        assert_eq!(
+            ipc_paths(run, &long).0.as_os_str().len(),
+            h1.as_os_str().len()
+        );
+    }
+}

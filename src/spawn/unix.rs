@@ -1,0 +1,103 @@
+//! Process groups on Unix: each host leads its own group (`setpgid(0, 0)`
+//! before exec), so one `killpg` reaches everything it started that did not
+//! call `setsid()` (a cgroup catches those, on Linux).
+
+use std::io;
+
+use super::StopSignal;
+#[cfg(target_os = "linux")]
+use super::parse_stat_state_pgrp;
+
+/// A host's process group. The group id is the host's pid.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    pgid: i32,
+}
+
+impl ProcessGroup {
+    pub(super) fn led_by(pid: u32) -> ProcessGroup {
+        ProcessGroup { pgid: pid as i32 }
+    }
+
+    /// The process group id, as `running.json` records it.
+    pub fn id(&self) -> i32 {
+        self.pgid
+    }
+
+    /// `SIGTERM` or `SIGKILL` to every member.
+    pub fn signal(&self, sig: StopSignal) {
+        signal_group(self.pgid, sig);
+    }
+
+    /// Whether a live member remains.
+    pub fn alive(&self) -> bool {
+        group_alive(self.pgid)
+    }
+}
+
+/// Signal every process in group `pgid`. A group that is already gone is not
+/// an error.
+pub fn signal_group(pgid: i32, sig: StopSignal) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let s = match sig {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Kill => Signal::SIGKILL,
+    };
+    if pgid <= 1 {
+        return; // never signal "all processes" or init's group
+    }
+    match killpg(Pid::from_raw(pgid), s) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pgid, signal = ?s, error = %e, "signalling process group failed"),
+    }
+}
+
+/// Whether any live (non-zombie) process is still in group `pgid`.
+///
+/// `killpg(pgid, 0)` answers "no" cheaply in the common case. When it says
+/// "yes" the members may all be zombies waiting for a reaper that never comes
+/// (an init that does not reap, as on this project's CI VMs), so on Linux
+/// `/proc` decides.
+pub fn group_alive(pgid: i32) -> bool {
+    use nix::sys::signal::killpg;
+    use nix::unistd::Pid;
+    if pgid <= 1 {
+        return false;
+    }
+    match killpg(Pid::from_raw(pgid), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        _ => live_group_members(pgid).map(|n| n > 0).unwrap_or(true),
+    }
+}
+
+/// Count the non-zombie processes of group `pgid` from `/proc`.
+#[cfg(target_os = "linux")]
+fn live_group_members(pgid: i32) -> io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some((state, pgrp)) = parse_stat_state_pgrp(&stat)
+            && pgrp == pgid
+            && state != 'Z'
+            && state != 'X'
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_group_members(_pgid: i32) -> io::Result<usize> {
+    // No /proc: trust killpg, which counts zombies as members.
+    Ok(1)
+}
