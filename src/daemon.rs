@@ -16,7 +16,7 @@ use crate::paths;
 use crate::rpc::{
     self, Control, DaemonInfo, DaemonState, RpcContext, server::ServerLimits, transport::Limits,
 };
-use crate::supervisor::{Supervisor, SupervisorConfig};
+use crate::supervisor::{CgroupRoots, Supervisor, SupervisorConfig};
 
 /// Overall bound on stopping every host at shutdown.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -237,7 +237,7 @@ fn supervisor_config(
     config: &Config,
     runtime_dir: PathBuf,
     state_dir: &Path,
-    cgroup_root: Option<PathBuf>,
+    cgroups: CgroupRoots,
 ) -> SupervisorConfig {
     let mut s = SupervisorConfig::new(runtime_dir);
     s.base_env =
@@ -246,7 +246,7 @@ fn supervisor_config(
         s.base_env.remove(std::ffi::OsStr::new(k));
     }
     s.state_dir = Some(state_dir.to_path_buf());
-    s.cgroup_root = cgroup_root;
+    s.cgroups = cgroups;
     s.memory_max = config.sandbox.memory_max_mb.map(|mb| mb * 1024 * 1024);
     s.node_args = config
         .sandbox
@@ -310,26 +310,70 @@ async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: boo
 
 /// Probe the kernel once: log what the sandbox cannot do here (or refuse to
 /// start with `sandbox.require`), and report it in `daemon.info`.
-/// Where host cgroups go, when `sandbox.cgroup = "auto"` and a writable
-/// cgroup2 exists.
-fn cgroup_root(config: &Config) -> Option<PathBuf> {
+/// Where host cgroups go, when `sandbox.cgroup = "auto"`: a writable
+/// cgroup2 subtree, and a v1 memory hierarchy when `memory_max_mb` needs one.
+fn cgroup_roots(config: &Config) -> CgroupRoots {
     #[cfg(target_os = "linux")]
     if config.sandbox.cgroup == crate::config::CgroupMode::Auto {
-        let root = crate::cgroup::detect();
-        match &root {
+        let v2 = crate::cgroup::detect();
+        match &v2 {
             Some(r) => tracing::info!(cgroup = %r.display(), "one cgroup per host"),
             None => tracing::info!("no writable cgroup2: hosts are tracked by process group only"),
         }
-        return root;
+        let mut roots = CgroupRoots {
+            v2,
+            memory_v1: None,
+        };
+        roots.memory_v1 = memory_v1_root(config, &roots);
+        return roots;
     }
     let _ = config;
-    None
+    CgroupRoots::default()
+}
+
+/// A v1 memory hierarchy, only when a memory limit is configured and the
+/// cgroup2 subtree cannot apply it.
+#[cfg(target_os = "linux")]
+fn memory_v1_root(config: &Config, roots: &CgroupRoots) -> Option<PathBuf> {
+    if config.sandbox.memory_max_mb.is_none()
+        || config.sandbox.cgroup != crate::config::CgroupMode::Auto
+        || roots.memory_v1.is_some()
+        || roots
+            .v2
+            .as_deref()
+            .is_some_and(crate::cgroup::delegates_memory)
+    {
+        return roots.memory_v1.clone();
+    }
+    let root = crate::cgroup::detect_memory_v1();
+    if let Some(r) = &root {
+        tracing::info!(cgroup = %r.display(), "cgroup2 has no memory controller here: memory_max_mb uses the v1 memory hierarchy");
+    }
+    root
+}
+
+/// How `memory_max_mb` is enforced, for `daemon.info`.
+#[cfg(target_os = "linux")]
+fn memory_limit_via(config: &Config, roots: &CgroupRoots) -> &'static str {
+    if config.sandbox.memory_max_mb.is_none() {
+        "not set"
+    } else if roots.memory_v1.is_some() {
+        "cgroup1"
+    } else if roots
+        .v2
+        .as_deref()
+        .is_some_and(crate::cgroup::delegates_memory)
+    {
+        "cgroup2"
+    } else {
+        "unavailable"
+    }
 }
 
 #[cfg(target_os = "linux")]
 fn sandbox_support(
     config: &Config,
-    cgroup_root: Option<&Path>,
+    roots: &CgroupRoots,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let s = crate::sandbox::support();
     if config.sandbox.profile == crate::config::SandboxProfile::Off {
@@ -347,9 +391,19 @@ fn sandbox_support(
         tracing::warn!(landlock = %s.landlock, seccomp = %s.seccomp, "the sandbox is degraded on this kernel");
     }
     let mut v = serde_json::to_value(&s)?;
-    v["cgroup"] = serde_json::json!(match cgroup_root {
+    v["cgroup"] = serde_json::json!(match &roots.v2 {
         Some(r) => r.display().to_string(),
         None => "unavailable".to_string(),
+    });
+    let via = memory_limit_via(config, roots);
+    if via == "unavailable" {
+        tracing::warn!(
+            "sandbox.memory_max_mb is set but no writable memory controller exists: it is not enforced"
+        );
+    }
+    v["memoryLimit"] = serde_json::json!({
+        "mb": config.sandbox.memory_max_mb,
+        "via": via,
     });
     v["profile"] = serde_json::json!(match config.sandbox.profile {
         crate::config::SandboxProfile::Default => "default",
@@ -362,7 +416,7 @@ fn sandbox_support(
 #[cfg(not(target_os = "linux"))]
 fn sandbox_support(
     _config: &Config,
-    _cgroup_root: Option<&Path>,
+    _roots: &CgroupRoots,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     Ok(None)
 }
@@ -384,6 +438,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.log_level != new.log_level {
         v.push("log_level");
+    }
+    if old.sandbox.cgroup != new.sandbox.cgroup {
+        v.push("sandbox.cgroup");
     }
     if old.log_dir != new.log_dir
         || old.log_format != new.log_format
@@ -441,17 +498,17 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         None => bind(&socket)?,
     };
 
-    let cgroup_root = cgroup_root(&config);
+    let cgroups = cgroup_roots(&config);
     let supervisor = Supervisor::new(supervisor_config(
         &config,
         runtime_dir.clone(),
         &state_dir,
-        cgroup_root.clone(),
+        cgroups.clone(),
     ));
     let state = Arc::new(DaemonState {
         config_path: config_source(&opts).map(|(p, _)| p),
         last_reload_error: Mutex::new(None),
-        sandbox: sandbox_support(&config, cgroup_root.as_deref())?,
+        sandbox: sandbox_support(&config, &cgroups)?,
     });
     let (control_tx, mut control_rx) = mpsc::channel(8);
     let module = rpc::build_module(RpcContext {
@@ -528,8 +585,11 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&socket);
     }
     #[cfg(target_os = "linux")]
-    if let Some(root) = &cgroup_root {
-        crate::cgroup::remove_ours(root);
+    {
+        let roots = supervisor.config().cgroups.clone();
+        for root in roots.v2.iter().chain(&roots.memory_v1) {
+            crate::cgroup::remove_ours(root);
+        }
     }
     close_tx.send_replace(true);
     let _ = server.await;
@@ -561,11 +621,19 @@ async fn reload(
             }
             let current = supervisor.config();
             let state_dir = current.state_dir.clone().unwrap_or_default();
+            // `sandbox.cgroup` is read at start-up; a memory limit set by a
+            // reload may still need the v1 memory hierarchy.
+            #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
+            let mut cgroups = current.cgroups.clone();
+            #[cfg(target_os = "linux")]
+            {
+                cgroups.memory_v1 = memory_v1_root(&new, &cgroups);
+            }
             supervisor.reconfigure(supervisor_config(
                 &new,
                 current.runtime_dir.clone(),
                 &state_dir,
-                current.cgroup_root.clone(),
+                cgroups,
             ));
             apply_hosts(supervisor, &new, false).await;
             *config = new;

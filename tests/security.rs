@@ -321,6 +321,96 @@ async fn resource_limits_and_the_v8_heap_bound() {
     .await;
 }
 
+/// The memory limit of `pid`'s cgroup, in bytes: cgroup2's `memory.max`
+/// or the v1 memory hierarchy's `memory.limit_in_bytes`.
+fn cgroup_memory_limit(pid: i32) -> Option<u64> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = |want: &dyn Fn(&str, &str) -> bool| {
+        mountinfo.lines().find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut f = right.split_whitespace();
+            let (t, _, o) = (f.next()?, f.next()?, f.next()?);
+            want(t, o).then(|| left.split_whitespace().nth(4).map(String::from))?
+        })
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, ctl, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if ctl.split(',').any(|c| c == "memory") {
+            let m = mount(&|t, o| t == "cgroup" && o.split(',').any(|x| x == "memory"))?;
+            format!("{m}{path}/memory.limit_in_bytes")
+        } else if id == "0" {
+            let m = mount(&|t, _| t == "cgroup2")?;
+            format!("{m}{path}/memory.max")
+        } else {
+            continue;
+        };
+        if let Some(v) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(v);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
+    timed(async {
+        let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
+        let dir = tmp.path().to_path_buf();
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some(format!(
+                "[sandbox]\nwritable_paths = [\"{}\"]\nmemory_max_mb = 160\n",
+                dir.display()
+            )),
+            dir: Some(dir.clone()),
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        let via = info["sandbox"]["memoryLimit"]["via"].as_str().unwrap_or("").to_string();
+        assert!(
+            via == "cgroup1" || via == "cgroup2",
+            "this test needs a writable memory controller (a delegated cgroup2 one, or the v1 memory hierarchy as root); daemon.info says {info}"
+        );
+        assert_eq!(info["sandbox"]["memoryLimit"]["mb"], 160);
+
+        // Within the limit: runs, and its cgroup carries the limit.
+        c.ok("host.start", start_params(&d, "acme.small", "eat-memory.js", &["16"])).await;
+        wait_for_output(&mut c, "acme.small", "held 16 MiB").await;
+        let small = c.ok("host.status", json!({"extensionId": "acme.small"})).await;
+        assert_eq!(small["state"], "running");
+        let pid = small["pid"].as_i64().unwrap() as i32;
+        assert_eq!(cgroup_memory_limit(pid), Some(160 << 20), "via {via}");
+
+        // Beyond it: the kernel's OOM killer ends the host (no RLIMIT_AS:
+        // the allocation itself succeeds, touching the pages does not).
+        let mut p = start_params(&d, "acme.big", "eat-memory.js", &["1024"]);
+        p["restart"] = json!({"maxAttempts": 0});
+        c.ok("host.start", p).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let big = loop {
+            let s = c.ok("host.status", json!({"extensionId": "acme.big"})).await;
+            if s["state"] == "crashed" {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "the host over its limit was never killed: {s}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(big["lastExit"]["signal"], 9, "{big}");
+        let logs = c.ok("host.logs", json!({"extensionId": "acme.big"})).await;
+        assert!(!logs.to_string().contains("held 1024 MiB"), "{logs}");
+        // The small host is untouched.
+        let small = c.ok("host.status", json!({"extensionId": "acme.small"})).await;
+        assert_eq!(small["state"], "running");
+        assert_eq!(small["pid"], pid);
+    })
+    .await;
+}
+
 /// Which of `pid`'s descriptors point at `file`.
 fn fds_on(pid: i32, file: &std::path::Path) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {

@@ -133,10 +133,11 @@ pub struct LaunchSpec {
     /// The sandbox profile; `None` applies nothing beyond PDEATHSIG.
     #[cfg(target_os = "linux")]
     pub sandbox: Option<crate::sandbox::SandboxPolicy>,
-    /// The host's `cgroup.procs`, opened by the parent: the child joins by
-    /// writing "0" to it.
+    /// The `cgroup.procs` of each cgroup the host joins (its cgroup2 cgroup,
+    /// a v1 memory cgroup), opened by the parent: the child joins by writing
+    /// "0" to each.
     #[cfg(target_os = "linux")]
-    pub cgroup_procs: Option<Arc<std::fs::File>>,
+    pub cgroup_procs: Vec<Arc<std::fs::File>>,
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
@@ -301,23 +302,22 @@ fn die_with_daemon(cmd: &mut Command) {
     }
 }
 
-/// Pre-exec step 3: join the host's cgroup through the `cgroup.procs`
-/// descriptor the parent opened.
+/// Pre-exec step 3: join the host's cgroups through the `cgroup.procs`
+/// descriptors the parent opened.
 #[cfg(target_os = "linux")]
 fn join_cgroup(cmd: &mut Command, spec: &LaunchSpec) {
     use std::os::fd::AsRawFd;
-    let Some(procs) = &spec.cgroup_procs else {
-        return;
-    };
-    let fd = procs.as_raw_fd();
-    // SAFETY: one write(2) in the child on a descriptor the parent keeps
-    // open until the spawn returns.
-    unsafe {
-        cmd.pre_exec(move || {
-            let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
-            nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
-            Ok(())
-        });
+    for procs in &spec.cgroup_procs {
+        let fd = procs.as_raw_fd();
+        // SAFETY: one write(2) in the child on a descriptor the parent keeps
+        // open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
+                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
     }
 }
 
@@ -507,7 +507,7 @@ mod tests {
             env,
             exec_fd: None,
             sandbox: None,
-            cgroup_procs: None,
+            cgroup_procs: Vec::new(),
         };
         let mut s = spawn(&spec).unwrap();
         assert!(s.group.alive());

@@ -174,7 +174,10 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         pid: None,
         group: None,
         #[cfg(target_os = "linux")]
+        #[cfg(target_os = "linux")]
         cgroup: None,
+        #[cfg(target_os = "linux")]
+        memory_cgroup: None,
         started: None,
         last_exit: None,
         node: None,
@@ -240,6 +243,9 @@ struct HostActor {
     /// The host process's cgroup, when cgroups are in use.
     #[cfg(target_os = "linux")]
     cgroup: Option<crate::cgroup::HostCgroup>,
+    /// Its v1 memory cgroup, when `memory_max` needs one.
+    #[cfg(target_os = "linux")]
+    memory_cgroup: Option<crate::cgroup::MemoryCgroupV1>,
     started: Option<(SystemTime, Instant)>,
     last_exit: Option<LastExit>,
     node: Option<String>,
@@ -488,7 +494,7 @@ impl HostActor {
             #[cfg(target_os = "linux")]
             sandbox,
             #[cfg(target_os = "linux")]
-            cgroup_procs: None,
+            cgroup_procs: Vec::new(),
         }
     }
 
@@ -530,22 +536,7 @@ impl HostActor {
         let mut spec = self.launch_spec(node);
         spec.exec_fd = verified.map(|v| v.file);
         #[cfg(target_os = "linux")]
-        if let Some(root) = &config.cgroup_root {
-            match crate::cgroup::HostCgroup::create(root, &self.id) {
-                Ok((cg, procs)) => {
-                    if let Some(bytes) = config.memory_max
-                        && let Err(e) = cg.limit_memory(bytes)
-                    {
-                        tracing::warn!(extension_id = %self.id, error = %e, "sandbox.memory_max_mb not applied: no memory controller is delegated to the daemon's cgroup");
-                    }
-                    spec.cgroup_procs = Some(Arc::new(procs));
-                    self.cgroup = Some(cg);
-                }
-                Err(e) => {
-                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only")
-                }
-            }
-        }
+        self.make_cgroups(config, &mut spec);
         #[cfg(debug_assertions)]
         test_hook_after_verify(&spec);
         Ok((self.spawner.spawn(spec).await?, prepared))
@@ -796,6 +787,53 @@ impl HostActor {
         }
     }
 
+    /// The host's cgroup2 cgroup (kill, tracking, `memory.max`) and, where
+    /// the memory limit needs it, its v1 memory cgroup. Failures degrade to
+    /// the process group alone, with a warning.
+    #[cfg(target_os = "linux")]
+    fn make_cgroups(&mut self, config: &SupervisorConfig, spec: &mut LaunchSpec) {
+        use crate::cgroup::{HostCgroup, MemoryCgroupV1};
+        let mut limited = false;
+        if let Some(root) = &config.cgroups.v2 {
+            match HostCgroup::create(root, &self.id) {
+                Ok((cg, procs)) => {
+                    if let Some(bytes) = config.memory_max
+                        && config.cgroups.memory_v1.is_none()
+                    {
+                        match cg.limit_memory(bytes) {
+                            Ok(()) => limited = true,
+                            Err(e) => {
+                                tracing::warn!(extension_id = %self.id, error = %e, "cannot write memory.max")
+                            }
+                        }
+                    }
+                    spec.cgroup_procs.push(Arc::new(procs));
+                    self.cgroup = Some(cg);
+                }
+                Err(e) => {
+                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only")
+                }
+            }
+        }
+        if let (Some(bytes), Some(root), false) =
+            (config.memory_max, &config.cgroups.memory_v1, limited)
+        {
+            match MemoryCgroupV1::create(root, &self.id, bytes) {
+                Ok((cg, procs)) => {
+                    spec.cgroup_procs.push(Arc::new(procs));
+                    self.memory_cgroup = Some(cg);
+                    limited = true;
+                }
+                Err(e) => {
+                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's memory cgroup")
+                }
+            }
+        }
+        if config.memory_max.is_some() && !limited {
+            tracing::warn!(extension_id = %self.id, "sandbox.memory_max_mb not applied: no writable memory controller");
+        }
+    }
+
     /// SIGKILL the host's process group and, where there is one, its cgroup
     /// (which also holds descendants that left the group).
     fn kill_tree(&self) {
@@ -811,6 +849,7 @@ impl HostActor {
     fn cgroup_populated(&self) -> bool {
         #[cfg(target_os = "linux")]
         if let Some(cg) = &self.cgroup {
+            use crate::cgroup::Cgroup as _;
             return cg.populated();
         }
         false
@@ -828,17 +867,13 @@ impl HostActor {
     /// SIGKILL just sent takes a moment to land).
     fn release_cgroup(&mut self) {
         #[cfg(target_os = "linux")]
-        if let Some(cg) = self.cgroup.take() {
-            tokio::spawn(async move {
-                for _ in 0..500 {
-                    if !cg.populated() {
-                        cg.remove();
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                tracing::warn!(cgroup = %cg.dir.display(), "cgroup still populated; left in place");
-            });
+        {
+            if let Some(cg) = self.cgroup.take() {
+                remove_when_empty(cg);
+            }
+            if let Some(cg) = self.memory_cgroup.take() {
+                remove_when_empty(cg);
+            }
         }
     }
 
@@ -935,6 +970,22 @@ impl HostActor {
 /// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
 /// the Node binary is verified and before it is executed, so a test can swap
 /// the file in that window.
+/// Remove a cgroup once its last process is gone (a SIGKILL just sent takes
+/// a moment to land), in the background.
+#[cfg(target_os = "linux")]
+fn remove_when_empty(cg: impl crate::cgroup::Cgroup + Send + 'static) {
+    tokio::spawn(async move {
+        for _ in 0..500 {
+            if !cg.populated() {
+                cg.remove();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!(cgroup = %cg.dir().display(), "cgroup still populated; left in place");
+    });
+}
+
 #[cfg(debug_assertions)]
 fn test_hook_after_verify(spec: &LaunchSpec) {
     if spec.exec_fd.is_some()

@@ -203,6 +203,16 @@ impl HostStatus {
     }
 }
 
+/// Where per-host cgroups are made (Linux; found at start-up).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupRoots {
+    /// A writable cgroup2 subtree: one cgroup per host process.
+    pub v2: Option<PathBuf>,
+    /// A writable v1 `memory` hierarchy, used for `memory_max` when the
+    /// cgroup2 subtree has no memory controller (hybrid layouts).
+    pub memory_v1: Option<PathBuf>,
+}
+
 /// Settings that apply to every host, from the config.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {
@@ -212,8 +222,8 @@ pub struct SupervisorConfig {
     pub node_policy: crate::verify::NodePolicy,
     /// Options for Node itself, before the entry (`--max-old-space-size=N`).
     pub node_args: Vec<String>,
-    /// Where per-host cgroups are made, when a writable cgroup2 exists.
-    pub cgroup_root: Option<PathBuf>,
+    /// Where per-host cgroups are made.
+    pub cgroups: CgroupRoots,
     /// `sandbox.memory_max_mb`, in bytes, applied to each host's cgroup.
     pub memory_max: Option<u64>,
     /// The sandbox profile; each host also gets its private dirs writable.
@@ -256,7 +266,7 @@ impl SupervisorConfig {
             node: None,
             node_policy: crate::verify::NodePolicy::default(),
             node_args: Vec::new(),
-            cgroup_root: None,
+            cgroups: CgroupRoots::default(),
             memory_max: None,
             #[cfg(target_os = "linux")]
             sandbox: crate::sandbox::SandboxPolicy::default(),

@@ -149,6 +149,7 @@ fn reap_records(records: Vec<Record>) -> Vec<String> {
     for r in records {
         // A cgroup holds only what we put there: kill it whole, escapees too.
         if let Some(dir) = r.cgroup.as_ref().filter(|d| d.is_dir()) {
+            use crate::cgroup::Cgroup as _;
             let cg = crate::cgroup::HostCgroup { dir: dir.clone() };
             if cg.populated() {
                 cg.kill();
