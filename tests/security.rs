@@ -287,19 +287,19 @@ async fn the_default_profile_confines_writes_ptrace_and_signals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_limits_and_the_v8_heap_bound() {
     timed(async {
-        let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
-        let dir = tmp.path().to_path_buf();
-        let d = Daemon::start_with(DaemonOpts {
-            config: Some(format!(
-                "[sandbox]\nwritable_paths = [\"{}\"]\nmax_open_files = 256\nmax_old_space_mb = 128\n",
-                dir.display()
-            )),
-            dir: Some(dir.clone()),
-            ..Default::default()
-        });
+        let (_tmp, dir, d) = sandboxed(
+            "max_open_files = 256\nmax_old_space_mb = 128\n",
+            DaemonOpts {
+                ..Default::default()
+            },
+        );
         let mut c = d.client().await;
         let out = dir.join("env.json");
-        c.ok("host.start", start_params(&d, "acme.lim", "dump-env.js", &[out.to_str().unwrap()])).await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.lim", "dump-env.js", &[out.to_str().unwrap()]),
+        )
+        .await;
         wait_for_file(&out).await;
         let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(v["execArgv"], json!(["--max-old-space-size=128"]));
@@ -316,7 +316,11 @@ async fn resource_limits_and_the_v8_heap_bound() {
         };
         assert_eq!(line("Max open files"), ["256", "256"]);
         assert_eq!(line("Max core file size"), ["0", "0"]);
-        assert_eq!(line("Max address space"), ["unlimited", "unlimited"], "RLIMIT_AS must stay unset");
+        assert_eq!(
+            line("Max address space"),
+            ["unlimited", "unlimited"],
+            "RLIMIT_AS must stay unset"
+        );
     })
     .await;
 }
@@ -359,16 +363,7 @@ fn cgroup_memory_limit(pid: i32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
     timed(async {
-        let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
-        let dir = tmp.path().to_path_buf();
-        let d = Daemon::start_with(DaemonOpts {
-            config: Some(format!(
-                "[sandbox]\nwritable_paths = [\"{}\"]\nmemory_max_mb = 160\n",
-                dir.display()
-            )),
-            dir: Some(dir.clone()),
-            ..Default::default()
-        });
+        let (_tmp, _, d) = sandboxed("memory_max_mb = 160\n", DaemonOpts::default());
         let mut c = d.client().await;
         let info = c.ok("daemon.info", json!({})).await;
         let via = info["sandbox"]["memoryLimit"]["via"].as_str().unwrap_or("").to_string();
@@ -411,6 +406,25 @@ async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
     .await;
 }
 
+/// A daemon in a fresh temp dir whose `[sandbox]` table is `keys` plus that
+/// dir as writable (fixtures write their reports there). Keep `tmp` alive.
+fn sandboxed(keys: &str, opts: DaemonOpts) -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
+    let tmp = tempfile::Builder::new()
+        .prefix("hostd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let d = Daemon::start_with(DaemonOpts {
+        config: Some(format!(
+            "[sandbox]\nwritable_paths = [\"{}\"]\n{keys}",
+            dir.display()
+        )),
+        dir: Some(dir.clone()),
+        ..opts
+    });
+    (tmp, dir, d)
+}
+
 /// Which of `pid`'s descriptors point at `file`.
 fn fds_on(pid: i32, file: &std::path::Path) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -429,18 +443,15 @@ async fn descriptors_the_daemon_inherited_never_reach_a_host() {
             if profile == "strict" && which::which("bwrap").is_err() {
                 panic!("the strict profile needs bwrap (Debian package bubblewrap); .ci/run installs it");
             }
-            let tmp = tempfile::Builder::new().prefix("hostd").tempdir_in("/tmp").unwrap();
-            let dir = tmp.path().to_path_buf();
-            let leaked = dir.join("leaked.txt");
-            let d = Daemon::start_with(DaemonOpts {
-                config: Some(format!(
-                    "[sandbox]\nprofile = \"{profile}\"\nwritable_paths = [\"{}\"]\n",
-                    dir.display()
-                )),
-                dir: Some(dir.clone()),
-                leak_fd: Some(leaked.clone()),
-                ..Default::default()
-            });
+            let leaked_dir = tempfile::Builder::new().prefix("leak").tempdir_in("/tmp").unwrap();
+            let leaked = leaked_dir.path().join("leaked.txt");
+            let (_tmp, dir, d) = sandboxed(
+                &format!("profile = \"{profile}\"\n"),
+                DaemonOpts {
+                    leak_fd: Some(leaked.clone()),
+                    ..Default::default()
+                },
+            );
             assert_eq!(
                 fds_on(d.pid(), &leaked),
                 [LEAKED_FD.to_string()],
@@ -520,19 +531,12 @@ async fn strict_profile_hides_other_pids_and_the_network() {
         which::which("bwrap").expect(
             "the strict profile needs bwrap (Debian package bubblewrap); .ci/run installs it",
         );
-        let tmp = tempfile::Builder::new()
-            .prefix("hostd")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let dir = tmp.path().to_path_buf();
-        let d = Daemon::start_with(DaemonOpts {
-            config: Some(format!(
-                "[sandbox]\nprofile = \"strict\"\nnetwork = \"deny\"\nwritable_paths = [\"{}\"]\n",
-                dir.display()
-            )),
-            dir: Some(dir.clone()),
-            ..Default::default()
-        });
+        let (_tmp, dir, d) = sandboxed(
+            "profile = \"strict\"\nnetwork = \"deny\"\n",
+            DaemonOpts {
+                ..Default::default()
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut c = d.client().await;
