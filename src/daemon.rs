@@ -260,6 +260,7 @@ fn supervisor_config(
             off: config.sandbox.profile == SandboxProfile::Off,
             strict: config.sandbox.profile == SandboxProfile::Strict,
             writable: config.sandbox.writable_paths.clone(),
+            hidden: Vec::new(),
             deny_network: config.sandbox.network == NetworkPolicy::Deny,
             require: config.sandbox.require,
             max_open_files: config.sandbox.max_open_files,

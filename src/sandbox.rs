@@ -44,8 +44,13 @@ pub struct SandboxPolicy {
     /// bwrap's mounts).
     pub strict: bool,
     /// Directories (and files) the host may write: its private dir, its
-    /// TMPDIR, the IPC directory, `sandbox.writable_paths`.
+    /// TMPDIR, its IPC directory, `sandbox.writable_paths`.
     pub writable: Vec<PathBuf>,
+    /// Directories the strict profile covers with an empty tmpfs before the
+    /// writable binds (the IPC root: a host sees only its own IPC
+    /// directory). The default profile cannot hide them: reads are allowed
+    /// everywhere.
+    pub hidden: Vec<PathBuf>,
     /// `sandbox.network = "deny"`: no TCP bind or connect (UDP is not covered).
     pub deny_network: bool,
     /// `sandbox.require`: a kernel without Landlock is a start error.

@@ -317,3 +317,37 @@ async fn a_malformed_frame_fails_only_that_host() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_host_has_a_private_ipc_directory_removed_with_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut dirs = Vec::new();
+        for id in ["acme.one", "acme.two"] {
+            let mut p = ipc_host(&d, id, "echo");
+            p["waitReady"] = json!(true);
+            let st = c.ok("host.start", p).await;
+            let env = std::fs::read(format!("/proc/{}/environ", st["pid"])).unwrap();
+            let url = env
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"DSCODE_IPC_URL=ipc://"))
+                .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+                .unwrap();
+            let dir = url.parent().unwrap().to_path_buf();
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+            assert!(dir.join("daemon.sock").exists() || dir.join("host.sock").exists());
+            dirs.push(dir);
+        }
+        assert_ne!(dirs[0], dirs[1]);
+        assert_eq!(dirs[0].parent(), dirs[1].parent());
+        c.ok("host.stop", json!({"extensionId": "acme.one"})).await;
+        c.ok("host.remove", json!({"extensionId": "acme.one"}))
+            .await;
+        assert!(!dirs[0].exists(), "removed host's IPC dir is left");
+        assert!(dirs[1].exists());
+    })
+    .await;
+}

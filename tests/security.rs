@@ -249,7 +249,7 @@ async fn what_runs_is_what_was_hashed_even_if_the_file_is_swapped() {
 async fn the_default_profile_confines_writes_ptrace_and_signals() {
     timed(async {
         let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
-        let d = Daemon::start();
+        let (_tmp, out, d) = sandboxed("", DaemonOpts::default());
         let mut c = d.client().await;
         let info = c.ok("daemon.info", json!({})).await;
         assert!(
@@ -260,12 +260,30 @@ async fn the_default_profile_confines_writes_ptrace_and_signals() {
             "this test needs Landlock (kernel lsm list: {lsm:?}); daemon.info says {}",
             info["sandbox"]
         );
+        // Another host, with its IPC channel up: the probe must not be able
+        // to remove its socket or signal it.
+        let mut other = start_params(&d, "acme.other", "ipc-host.js", &[]);
+        other["env"]["IPC_HOST_MODE"] = json!("echo");
+        other["waitReady"] = json!(true);
+        let other = c.ok("host.start", other).await;
+        let other_pid = other["pid"].as_i64().unwrap();
+        let other_socket = host_env(other_pid as i32, "DSCODE_IPC_URL")
+            .strip_prefix("ipc://")
+            .unwrap()
+            .to_string();
+        assert!(
+            std::path::Path::new(&other_socket).exists(),
+            "{other_socket}"
+        );
+
         let outside = std::path::Path::new("/var/tmp").join(format!("hostd-probe-{}", d.marker));
-        let result = d.dir.join("probe.json");
+        let result = out.join("probe.json");
         let args = [
             outside.to_str().unwrap().to_string(),
             d.pid().to_string(),
             result.to_str().unwrap().to_string(),
+            other_socket.clone(),
+            other_pid.to_string(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         c.ok(
@@ -280,6 +298,16 @@ async fn the_default_profile_confines_writes_ptrace_and_signals() {
         assert_eq!(r["writeTmp"], "ok", "its private TMPDIR is writable: {r}");
         assert_eq!(r["signalDaemon"], "EPERM", "{r}");
         assert_eq!(r["ptrace"], "-1 1", "ptrace must fail with EPERM: {r}");
+        assert_eq!(r["unlinkOther"], "EACCES", "another host's IPC socket: {r}");
+        assert_eq!(r["signalOther"], "EPERM", "another host: {r}");
+        assert!(std::path::Path::new(&other_socket).exists());
+        let echo = c
+            .ok(
+                "host.request",
+                json!({"extensionId": "acme.other", "type": "echo", "payload": {"still": "here"}}),
+            )
+            .await;
+        assert_eq!(echo["still"], "here", "{echo}");
     })
     .await;
 }
@@ -406,23 +434,36 @@ async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
     .await;
 }
 
-/// A daemon in a fresh temp dir whose `[sandbox]` table is `keys` plus that
-/// dir as writable (fixtures write their reports there). Keep `tmp` alive.
+/// One variable of a live process's environment.
+fn host_env(pid: i32, key: &str) -> String {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let prefix = format!("{key}=");
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| panic!("{pid} has no {key}"))
+}
+
+/// A daemon in a fresh temp dir whose `[sandbox]` table is `keys` plus one
+/// writable directory, returned (fixtures write their reports there). Only
+/// that directory: the daemon's runtime and state dirs, in the same temp
+/// dir, stay as the sandbox makes them. Keep `tmp` alive.
 fn sandboxed(keys: &str, opts: DaemonOpts) -> (tempfile::TempDir, std::path::PathBuf, Daemon) {
     let tmp = tempfile::Builder::new()
         .prefix("hostd")
         .tempdir_in("/tmp")
         .unwrap();
-    let dir = tmp.path().to_path_buf();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
     let d = Daemon::start_with(DaemonOpts {
         config: Some(format!(
             "[sandbox]\nwritable_paths = [\"{}\"]\n{keys}",
-            dir.display()
+            out.display()
         )),
-        dir: Some(dir.clone()),
+        dir: Some(tmp.path().to_path_buf()),
         ..opts
     });
-    (tmp, dir, d)
+    (tmp, out, d)
 }
 
 /// Which of `pid`'s descriptors point at `file`.
@@ -540,11 +581,22 @@ async fn strict_profile_hides_other_pids_and_the_network() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut c = d.client().await;
+        // Another strict host with its IPC channel up (the handshake works
+        // through bwrap): the probe must not see its socket.
+        let mut other = start_params(&d, "acme.other", "ipc-host.js", &[]);
+        other["env"]["IPC_HOST_MODE"] = json!("echo");
+        other["waitReady"] = json!(true);
+        let other = c.ok("host.start", other).await;
+        let other_socket = host_env(other["pid"].as_i64().unwrap() as i32, "DSCODE_IPC_URL")
+            .strip_prefix("ipc://")
+            .unwrap()
+            .to_string();
         let result = dir.join("strict.json");
         let args = [
             d.pid().to_string(),
             port.to_string(),
             result.to_str().unwrap().to_string(),
+            other_socket.clone(),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let st = c
@@ -553,8 +605,15 @@ async fn strict_profile_hides_other_pids_and_the_network() {
                 start_params(&d, "acme.strict", "strict-probe.js", &args),
             )
             .await;
+        // The probe writes its report in one call; wait until it parses.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !result.exists() {
+        let r: Value = loop {
+            if let Some(v) = std::fs::read(&result)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                break v;
+            }
             let logs = c
                 .ok("host.logs", json!({"extensionId": "acme.strict"}))
                 .await;
@@ -563,17 +622,28 @@ async fn strict_profile_hides_other_pids_and_the_network() {
                 "the strict probe never reported: {logs}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let r: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+        };
         assert_eq!(r["seesDaemon"], false, "{r}");
         assert!(r["pids"].as_u64().unwrap() <= 4, "sees too many pids: {r}");
         assert_ne!(r["tcp"], "connected", "reached the network: {r}");
+        assert_eq!(r["seesOwnIpcDir"], true, "{r}");
+        assert_eq!(
+            r["seesOtherSocket"], false,
+            "another host's IPC socket is visible: {r}"
+        );
+        assert_eq!(
+            r["ipcRoot"].as_array().map(Vec::len),
+            Some(1),
+            "only its own IPC dir: {r}"
+        );
+        assert!(std::path::Path::new(&other_socket).exists());
         // Stop still takes the whole sandbox down.
         let pid = st["pid"].as_i64().unwrap() as i32;
         c.ok("host.stop", json!({"extensionId": "acme.strict"}))
             .await;
         assert!(!process_alive(pid));
+        c.ok("host.stop", json!({"extensionId": "acme.other"}))
+            .await;
         assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
     })
     .await;

@@ -14,14 +14,19 @@ use sha2::{Digest, Sha256};
 /// (`DSCODE_IPC_URL`) and where the daemon listens
 /// (`DSCODE_INCOMING_IPC_URL`). Named by a hash of the id so they fit the
 /// 108-byte Unix socket path limit.
+///
+/// Each host has its own 0700 directory, `<runtime>/ipc/<hash>/`, and only
+/// that one is writable in its sandbox: a host can neither remove nor
+/// replace another host's sockets.
 #[cfg(unix)]
 pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
-    let short = short_hash(extension_id.as_bytes());
-    let dir = runtime_dir.join("ipc");
-    (
-        dir.join(format!("{short}.host.sock")),
-        dir.join(format!("{short}.daemon.sock")),
-    )
+    let dir = ipc_root(runtime_dir).join(short_hash(extension_id.as_bytes()));
+    (dir.join("host.sock"), dir.join("daemon.sock"))
+}
+
+/// The directory holding every host's IPC directory.
+pub fn ipc_root(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("ipc")
 }
 
 /// Named pipes live in one machine-wide namespace: the daemon's runtime
@@ -153,6 +158,10 @@ mod tests {
         let (h2, _) = ipc_paths(run, "acme.two");
         assert_ne!(h1, d1);
         assert_ne!(h1, h2);
+        // One directory per host, under the shared root.
+        assert_eq!(h1.parent(), d1.parent());
+        assert_ne!(h1.parent(), h2.parent());
+        assert_eq!(h1.parent().unwrap().parent().unwrap(), ipc_root(run));
         // sun_path holds 108 bytes, NUL included.
         assert!(h1.as_os_str().len() < 108, "{}", h1.display());
         let long = "x".repeat(500);

@@ -206,7 +206,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
 }
 
 /// The strict profile: `bwrap --unshare-pid --die-with-parent [--unshare-net]
-/// --ro-bind / / --dev /dev --proc /proc --bind W W … --seccomp FD -- node …`.
+/// --ro-bind / / --dev /dev --proc /proc --tmpfs H … --bind W W … --seccomp FD
+/// -- node …`.
 #[cfg(target_os = "linux")]
 fn spawn_strict(
     spec: &LaunchSpec,
@@ -226,6 +227,9 @@ fn spawn_strict(
         cmd.arg("--unshare-net");
     }
     cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
+    for h in policy.hidden.iter().filter(|p| p.exists()) {
+        cmd.arg("--tmpfs").arg(h);
+    }
     for w in policy.writable.iter().filter(|p| p.exists()) {
         cmd.arg("--bind").arg(w).arg(w);
     }

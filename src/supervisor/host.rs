@@ -480,7 +480,12 @@ impl HostActor {
             if let Some(state) = &config.state_dir {
                 policy.writable.push(state.join("hosts").join(&*self.id));
             }
-            policy.writable.push(config.runtime_dir.join("ipc"));
+            if let Some(own) = outgoing.parent() {
+                policy.writable.push(own.to_path_buf());
+            }
+            policy
+                .hidden
+                .push(ipc::transport::ipc_root(&config.runtime_dir));
             Some(policy)
         };
         LaunchSpec {
@@ -959,6 +964,15 @@ impl HostActor {
     }
 
     fn remove_self(&mut self) {
+        // Its IPC directory (at rest, no socket in it is in use). Windows
+        // pipes have no directory.
+        #[cfg(unix)]
+        if let Some(dir) = ipc::ipc_paths(&self.settings().runtime_dir, &self.id)
+            .0
+            .parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         self.bus.removed(self.status());
         if let Some(reg) = self.registry.upgrade() {
             reg.remove_instance(&self.id, self.instance);
@@ -967,9 +981,6 @@ impl HostActor {
     }
 }
 
-/// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
-/// the Node binary is verified and before it is executed, so a test can swap
-/// the file in that window.
 /// Remove a cgroup once its last process is gone (a SIGKILL just sent takes
 /// a moment to land), in the background.
 #[cfg(target_os = "linux")]
@@ -986,6 +997,9 @@ fn remove_when_empty(cg: impl crate::cgroup::Cgroup + Send + 'static) {
     });
 }
 
+/// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
+/// the Node binary is verified and before it is executed, so a test can swap
+/// the file in that window.
 #[cfg(debug_assertions)]
 fn test_hook_after_verify(spec: &LaunchSpec) {
     if spec.exec_fd.is_some()
