@@ -320,16 +320,21 @@ async fn watch_and_follow_stream_until_interrupted() {
 
         c.ok("host.start", json!({"extensionId": "acme.chatty"}))
             .await;
+        // All of this run's output is in (stdout and stderr are two pipes:
+        // either may come last).
+        wait_for_output(&mut c, "acme.chatty", "line 2").await;
+        wait_for_output(&mut c, "acme.chatty", "to stderr").await;
         let mut follow = Command::new(hostctl_bin())
             .arg("--socket")
             .arg(&d.socket)
-            .args(["logs", "acme.chatty", "-n", "0", "-f"])
+            .args(["logs", "acme.chatty", "-n", "1", "-f"])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let fout = lines_of(follow.stdout.take().unwrap());
-        // The follower attaches, then the host is restarted and prints again.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The tail comes with the subscription, so seeing it means the
+        // follower is attached; then the host is restarted and prints again.
+        read_until(&fout, |_| true);
         c.ok("host.restart", json!({"extensionId": "acme.chatty"}))
             .await;
         read_until(&fout, |l| l.starts_with("line 2"));

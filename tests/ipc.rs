@@ -184,7 +184,8 @@ async fn timeout_and_fail_fast_when_the_host_dies_mid_request() {
                 .await;
             (r, t0.elapsed())
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The host logs each slow request as it gets it: now it is in flight.
+        wait_for_output(&mut c, "acme.t", "slow 20000").await;
         let e = c.err("host.request", json!({"extensionId": "acme.t", "type": "crash"})).await;
         assert_eq!(e.code, -32023, "the crash request itself: {e:?}");
         let (r, took) = pending.await.unwrap();
