@@ -10,6 +10,9 @@
 //! daemon (the `dscode-hostd` binary beside this one) on a temp socket. The
 //! figure is the median over `--repeats` runs; the floor is measured the same
 //! way in the same run.
+//!
+//! The daemons log at `error` to the bench's stderr; `HOSTD_BENCH_LOG=info`
+//! (any `RUST_LOG` filter) shows their state changes, for profiling.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -267,7 +270,10 @@ impl Daemon {
             .arg(dir.path().join("state"))
             .arg("--config")
             .arg(&cfg)
-            .env("RUST_LOG", "error")
+            .env(
+                "RUST_LOG",
+                std::env::var("HOSTD_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
