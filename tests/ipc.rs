@@ -352,3 +352,62 @@ async fn each_host_has_a_private_ipc_directory_removed_with_the_host() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_host_cannot_take_a_hosts_channel() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        // The victim is slow to connect to its daemon-side socket...
+        let mut p = ipc_host(&d, "acme.victim", "echo");
+        p["env"]["IPC_HOST_CONNECT_DELAY_MS"] = json!("1500");
+        let victim = c.ok("host.start", p).await;
+        let env = std::fs::read(format!("/proc/{}/environ", victim["pid"])).unwrap();
+        let incoming = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"DSCODE_INCOMING_IPC_URL=ipc://"))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap();
+        // ...and another host of the same user gets there first.
+        let result = d.dir.join("impostor.json");
+        c.ok(
+            "host.start",
+            start_params(
+                &d,
+                "acme.impostor",
+                "ipc-impostor.js",
+                &[&incoming, result.to_str().unwrap()],
+            ),
+        )
+        .await;
+        wait_for_file(&result).await;
+        let r: Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+        assert_eq!(
+            r["outcome"], "closed",
+            "the daemon kept the impostor's connection: {r}"
+        );
+        d.wait_for_log("outside the host's process group", Duration::from_secs(5));
+        // The victim's own handshake still works.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c
+                .call(
+                    "host.request",
+                    json!({"extensionId": "acme.victim", "type": "echo", "payload": {"me": 1}}),
+                )
+                .await
+            {
+                Ok(v) => {
+                    assert_eq!(v["me"], 1, "{v}");
+                    break;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "the victim never became ready: {e:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

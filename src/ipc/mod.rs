@@ -286,6 +286,17 @@ pub struct Prepared {
     pub incoming: PathBuf,
     /// Where the host must listen (`DSCODE_IPC_URL`).
     pub host: PathBuf,
+    /// Accept only a peer in this process group (the host's), once known.
+    host_group: Option<i32>,
+}
+
+impl Prepared {
+    /// The host was spawned as the leader of group `pgid`: refuse
+    /// connections from processes outside it (another host of the same
+    /// user racing it to its socket).
+    pub fn expect_group(&mut self, pgid: i32) {
+        self.host_group = Some(pgid);
+    }
 }
 
 /// Bind the daemon's end (see [`transport::bind`]).
@@ -294,6 +305,7 @@ pub fn prepare(incoming: &Path, host: &Path) -> std::io::Result<Prepared> {
         listener: transport::bind(incoming, host)?,
         incoming: incoming.to_path_buf(),
         host: host.to_path_buf(),
+        host_group: None,
     })
 }
 
@@ -330,6 +342,7 @@ async fn run(
     handle: SessionHandle,
     requests: Arc<dyn HostRequests>,
 ) {
+    let host_group = prepared.host_group;
     let shared = handle.shared.clone();
     let id = shared.extension_id.clone();
     // The host's one connection to us.
@@ -342,10 +355,16 @@ async fn run(
             () = closed(&shared) => return,
         };
         match accepted {
-            Ok((s, true)) => break s,
-            Ok((_, false)) => {
+            Ok((_, peer)) if !peer.same_user => {
                 tracing::warn!(extension_id = %id, "refused an IPC connection from another user")
             }
+            // Another host (same user) must not take this host's channel.
+            Ok((_, transport::Peer { pid: Some(pid), .. }))
+                if host_group.is_some_and(|g| !transport::in_group(pid, g)) =>
+            {
+                tracing::warn!(extension_id = %id, peer_pid = pid, "refused an IPC connection from a process outside the host's process group")
+            }
+            Ok((s, _)) => break s,
             Err(e) => {
                 tracing::warn!(extension_id = %id, error = %e, "IPC accept failed");
                 return;

@@ -102,23 +102,45 @@ pub fn bind(incoming: &Path, _host: &Path) -> io::Result<Listener> {
     })
 }
 
+/// Who is on the other end of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Runs as this daemon's user.
+    pub same_user: bool,
+    /// Its pid, where the OS tells (`SO_PEERCRED`).
+    pub pid: Option<i32>,
+}
+
 impl Listener {
-    /// The next connection, with whether its peer is this daemon's user.
-    pub async fn accept(&self) -> io::Result<(Stream, bool)> {
+    /// The next connection, and who made it.
+    pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         #[cfg(unix)]
         {
             let (s, _) = self.inner.accept().await?;
-            let ours = match s.peer_cred() {
-                Ok(c) => c.uid() == nix::unistd::geteuid().as_raw(),
-                Err(_) => false,
+            let peer = match s.peer_cred() {
+                Ok(c) => Peer {
+                    same_user: c.uid() == nix::unistd::geteuid().as_raw(),
+                    pid: c.pid(),
+                },
+                Err(_) => Peer {
+                    same_user: false,
+                    pid: None,
+                },
             };
-            Ok((s, ours))
+            Ok((s, peer))
         }
         #[cfg(windows)]
         {
             use interprocess::local_socket::traits::tokio::Listener as _;
             // The pipe's DACL admits only this user (and SYSTEM, admins).
-            Ok((self.inner.accept().await?, true))
+            let s = self.inner.accept().await?;
+            Ok((
+                s,
+                Peer {
+                    same_user: true,
+                    pid: None,
+                },
+            ))
         }
     }
 
@@ -130,6 +152,21 @@ impl Listener {
         if cfg!(unix) {
             let _ = std::fs::remove_file(&path);
         }
+    }
+}
+
+/// Whether process `pid` is in process group `pgid` (Unix; elsewhere there
+/// is no group to check, and the answer is yes).
+pub fn in_group(pid: i32, pgid: i32) -> bool {
+    #[cfg(unix)]
+    {
+        use nix::unistd::{Pid, getpgid};
+        getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() == pgid)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (pid, pgid);
+        true
     }
 }
 
@@ -150,6 +187,16 @@ pub async fn connect(path: &Path) -> io::Result<Stream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn group_membership_is_read_from_the_kernel() {
+        let me = std::process::id() as i32;
+        let mine = nix::unistd::getpgrp().as_raw();
+        assert!(in_group(me, mine));
+        assert!(!in_group(me, mine + 1));
+        assert!(!in_group(i32::MAX, mine), "no such process");
+    }
 
     #[test]
     fn ipc_names_are_short_and_distinct_per_host() {

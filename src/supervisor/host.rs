@@ -551,7 +551,8 @@ impl HostActor {
         let config = self.settings();
         let spawned = self.prepare_and_spawn(&config).await;
         match spawned {
-            Ok((mut s, prepared)) => {
+            Ok((mut s, mut prepared)) => {
+                prepared.expect_group(s.group.id());
                 self.generation += 1;
                 self.pid = Some(s.pid);
                 if let Some(r) = &self.records {
