@@ -93,6 +93,9 @@ pub struct HostConfig {
     pub ready_timeout_ms: Option<u64>,
     pub heartbeat_interval_ms: Option<u64>,
     pub heartbeat_timeout_ms: Option<u64>,
+    /// This host's cgroup memory limit in MiB (overrides
+    /// `sandbox.memory_max_mb`).
+    pub memory_max_mb: Option<u64>,
 }
 
 impl HostConfig {
@@ -113,6 +116,7 @@ impl HostConfig {
             ready_timeout: ms(self.ready_timeout_ms),
             heartbeat_interval: ms(self.heartbeat_interval_ms),
             heartbeat_timeout: ms(self.heartbeat_timeout_ms),
+            memory_max: self.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
         }
     }
 }
@@ -505,7 +509,7 @@ mod tests {
 
     #[test]
     fn host_tables() {
-        let text = "[[host]]\nextension_id = \"acme.a\"\nentry = \"/x/a.js\"\nautostart = true\n[host.restart]\nbackoff_ms = 20\n";
+        let text = "[[host]]\nextension_id = \"acme.a\"\nentry = \"/x/a.js\"\nautostart = true\nmemory_max_mb = 512\n[host.restart]\nbackoff_ms = 20\n";
         let c = Config::parse(text, Path::new("c")).unwrap();
         assert_eq!(c.host.len(), 1);
         assert!(c.host[0].autostart);
@@ -513,6 +517,7 @@ mod tests {
             c.host[0].start_request().backoff,
             Some(Duration::from_millis(20))
         );
+        assert_eq!(c.host[0].start_request().memory_max, Some(512 << 20));
         let bad = "[[host]]\nextension_id = \"a..b\"\nentry = \"/x/a.js\"\n";
         let e = Config::parse(bad, Path::new("c")).unwrap_err().to_string();
         assert!(e.contains("host.extension_id"), "{e}");

@@ -312,7 +312,8 @@ async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: boo
 /// Probe the kernel once: log what the sandbox cannot do here (or refuse to
 /// start with `sandbox.require`), and report it in `daemon.info`.
 /// Where host cgroups go, when `sandbox.cgroup = "auto"`: a writable
-/// cgroup2 subtree, and a v1 memory hierarchy when `memory_max_mb` needs one.
+/// cgroup2 subtree, and a v1 memory hierarchy when cgroup2 cannot apply
+/// memory limits.
 fn cgroup_roots(config: &Config) -> CgroupRoots {
     #[cfg(target_os = "linux")]
     if config.sandbox.cgroup == crate::config::CgroupMode::Auto {
@@ -321,44 +322,32 @@ fn cgroup_roots(config: &Config) -> CgroupRoots {
             Some(r) => tracing::info!(cgroup = %r.display(), "one cgroup per host"),
             None => tracing::info!("no writable cgroup2: hosts are tracked by process group only"),
         }
-        let mut roots = CgroupRoots {
-            v2,
-            memory_v1: None,
-        };
-        roots.memory_v1 = memory_v1_root(config, &roots);
-        return roots;
+        let memory_v1 = memory_v1_root(v2.as_deref());
+        return CgroupRoots { v2, memory_v1 };
     }
     let _ = config;
     CgroupRoots::default()
 }
 
-/// A v1 memory hierarchy, only when a memory limit is configured and the
-/// cgroup2 subtree cannot apply it.
+/// A v1 memory hierarchy, when the cgroup2 subtree cannot apply memory
+/// limits (hybrid layouts). Found at start-up whatever the config says, so
+/// a per-host `memoryMaxMb` works without a daemon-wide default.
 #[cfg(target_os = "linux")]
-fn memory_v1_root(config: &Config, roots: &CgroupRoots) -> Option<PathBuf> {
-    if config.sandbox.memory_max_mb.is_none()
-        || config.sandbox.cgroup != crate::config::CgroupMode::Auto
-        || roots.memory_v1.is_some()
-        || roots
-            .v2
-            .as_deref()
-            .is_some_and(crate::cgroup::delegates_memory)
-    {
-        return roots.memory_v1.clone();
+fn memory_v1_root(v2: Option<&Path>) -> Option<PathBuf> {
+    if v2.is_some_and(crate::cgroup::delegates_memory) {
+        return None;
     }
     let root = crate::cgroup::detect_memory_v1();
     if let Some(r) = &root {
-        tracing::info!(cgroup = %r.display(), "cgroup2 has no memory controller here: memory_max_mb uses the v1 memory hierarchy");
+        tracing::info!(cgroup = %r.display(), "cgroup2 has no memory controller here: memory limits use the v1 memory hierarchy");
     }
     root
 }
 
-/// How `memory_max_mb` is enforced, for `daemon.info`.
+/// How memory limits are enforced, for `daemon.info`.
 #[cfg(target_os = "linux")]
-fn memory_limit_via(config: &Config, roots: &CgroupRoots) -> &'static str {
-    if config.sandbox.memory_max_mb.is_none() {
-        "not set"
-    } else if roots.memory_v1.is_some() {
+fn memory_limit_via(roots: &CgroupRoots) -> &'static str {
+    if roots.memory_v1.is_some() {
         "cgroup1"
     } else if roots
         .v2
@@ -396,8 +385,8 @@ fn sandbox_support(
         Some(r) => r.display().to_string(),
         None => "unavailable".to_string(),
     });
-    let via = memory_limit_via(config, roots);
-    if via == "unavailable" {
+    let via = memory_limit_via(roots);
+    if via == "unavailable" && config.sandbox.memory_max_mb.is_some() {
         tracing::warn!(
             "sandbox.memory_max_mb is set but no writable memory controller exists: it is not enforced"
         );
@@ -622,19 +611,12 @@ async fn reload(
             }
             let current = supervisor.config();
             let state_dir = current.state_dir.clone().unwrap_or_default();
-            // `sandbox.cgroup` is read at start-up; a memory limit set by a
-            // reload may still need the v1 memory hierarchy.
-            #[cfg_attr(not(target_os = "linux"), allow(unused_mut))]
-            let mut cgroups = current.cgroups.clone();
-            #[cfg(target_os = "linux")]
-            {
-                cgroups.memory_v1 = memory_v1_root(&new, &cgroups);
-            }
             supervisor.reconfigure(supervisor_config(
                 &new,
                 current.runtime_dir.clone(),
                 &state_dir,
-                cgroups,
+                // Found at start-up (`sandbox.cgroup` is restart-only).
+                current.cgroups.clone(),
             ));
             apply_hosts(supervisor, &new, false).await;
             *config = new;

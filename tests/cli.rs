@@ -75,9 +75,16 @@ async fn table_json_and_the_session_commands() {
                 &fixture("print-lines.js"),
                 "--env",
                 &marker,
+                "--memory-max-mb",
+                "300",
                 "--",
                 "3",
             ],
+        );
+        let lines_status = ok(&d, &["status", "acme.lines"]);
+        assert!(
+            lines_status.contains("memory max   300 MiB"),
+            "{lines_status}"
         );
         ok(
             &d,

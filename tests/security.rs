@@ -409,6 +409,23 @@ async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
         let pid = small["pid"].as_i64().unwrap() as i32;
         assert_eq!(cgroup_memory_limit(pid), Some(160 << 20), "via {via}");
 
+        assert_eq!(small["memoryMaxMb"], 160, "{small}");
+
+        // A host's own limit overrides the default (here, upwards).
+        let mut roomy = start_params(&d, "acme.roomy", "eat-memory.js", &["256"]);
+        roomy["memoryMaxMb"] = json!(400);
+        c.ok("host.start", roomy).await;
+        wait_for_output(&mut c, "acme.roomy", "held 256 MiB").await;
+        let roomy = c.ok("host.status", json!({"extensionId": "acme.roomy"})).await;
+        assert_eq!(roomy["state"], "running", "{roomy}");
+        assert_eq!(roomy["memoryMaxMb"], 400, "{roomy}");
+        let roomy_pid = roomy["pid"].as_i64().unwrap() as i32;
+        assert_eq!(cgroup_memory_limit(roomy_pid), Some(400 << 20));
+        let mut zero = start_params(&d, "acme.zero", "eat-memory.js", &["1"]);
+        zero["memoryMaxMb"] = json!(0);
+        let e = c.err("host.start", zero).await;
+        assert_eq!(e.code, -32602, "{e:?}");
+
         // Beyond it: the kernel's OOM killer ends the host (no RLIMIT_AS:
         // the allocation itself succeeds, touching the pages does not).
         let mut p = start_params(&d, "acme.big", "eat-memory.js", &["1024"]);

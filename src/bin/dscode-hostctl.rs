@@ -50,6 +50,9 @@ enum Cmd {
         /// Extra environment variable, KEY=VALUE; repeatable.
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
         env: Vec<(String, String)>,
+        /// This host's memory limit in MiB [default: sandbox.memory_max_mb].
+        #[arg(long, value_name = "MIB")]
+        memory_max_mb: Option<u64>,
         /// Arguments after `--` go to the entry script.
         #[arg(last = true)]
         args: Vec<String>,
@@ -190,6 +193,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             extension_id,
             entry,
             env,
+            memory_max_mb,
             args,
         } => {
             let entry = std::path::absolute(&entry)
@@ -199,6 +203,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 entry: Some(entry),
                 env: (!env.is_empty()).then(|| env.into_iter().collect()),
                 args: (!args.is_empty()).then_some(args),
+                memory_max_mb,
                 ..Default::default()
             };
             let v: Value = client
@@ -415,6 +420,9 @@ fn print_status(v: &Value) {
     }
     if let Some(t) = &h.started_at {
         println!("started      {t}");
+    }
+    if let Some(mb) = h.memory_max_mb {
+        println!("memory max   {mb} MiB");
     }
     if let Some(e) = &h.last_exit {
         println!("last exit    {} at {}", fmt_exit(e.code, e.signal), e.at);

@@ -208,6 +208,7 @@ fn start_request(p: params::StartParams) -> StartRequest {
         ready_timeout: ms(p.ready_timeout_ms),
         heartbeat_interval: ms(p.heartbeat_interval_ms),
         heartbeat_timeout: ms(p.heartbeat_timeout_ms),
+        memory_max: p.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
     }
 }
 

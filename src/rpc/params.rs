@@ -88,6 +88,10 @@ pub struct StartParams {
     pub heartbeat_interval_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heartbeat_timeout_ms: Option<u64>,
+    /// This host's cgroup memory limit in MiB (overrides
+    /// `sandbox.memory_max_mb`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max_mb: Option<u64>,
 }
 
 /// `host.request` / `host.send`.

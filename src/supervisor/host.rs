@@ -423,6 +423,7 @@ impl HostActor {
             node: self.node.clone(),
             ready: self.ready_at.is_some(),
             ready_at: self.ready_at.map(crate::time::rfc3339),
+            memory_max_mb: self.memory_max().map(|b| b >> 20),
             started_instant: self.started.map(|s| s.1.into_std()),
         }
     }
@@ -793,17 +794,23 @@ impl HostActor {
         }
     }
 
+    /// The memory limit for this host's processes: its own, or the daemon's.
+    fn memory_max(&self) -> Option<u64> {
+        self.spec.memory_max.or(self.settings().memory_max)
+    }
+
     /// The host's cgroup2 cgroup (kill, tracking, `memory.max`) and, where
     /// the memory limit needs it, its v1 memory cgroup. Failures degrade to
     /// the process group alone, with a warning.
     #[cfg(target_os = "linux")]
     fn make_cgroups(&mut self, config: &SupervisorConfig, spec: &mut LaunchSpec) {
         use crate::cgroup::{HostCgroup, MemoryCgroupV1};
+        let memory_max = self.spec.memory_max.or(config.memory_max);
         let mut limited = false;
         if let Some(root) = &config.cgroups.v2 {
             match HostCgroup::create(root, &self.id) {
                 Ok((cg, procs)) => {
-                    if let Some(bytes) = config.memory_max
+                    if let Some(bytes) = memory_max
                         && config.cgroups.memory_v1.is_none()
                     {
                         match cg.limit_memory(bytes) {
@@ -821,9 +828,7 @@ impl HostActor {
                 }
             }
         }
-        if let (Some(bytes), Some(root), false) =
-            (config.memory_max, &config.cgroups.memory_v1, limited)
-        {
+        if let (Some(bytes), Some(root), false) = (memory_max, &config.cgroups.memory_v1, limited) {
             match MemoryCgroupV1::create(root, &self.id, bytes) {
                 Ok((cg, procs)) => {
                     spec.cgroup_procs.push(Arc::new(procs));
@@ -835,8 +840,8 @@ impl HostActor {
                 }
             }
         }
-        if config.memory_max.is_some() && !limited {
-            tracing::warn!(extension_id = %self.id, "sandbox.memory_max_mb not applied: no writable memory controller");
+        if memory_max.is_some() && !limited {
+            tracing::warn!(extension_id = %self.id, "memory limit not applied: no writable memory controller");
         }
     }
 

@@ -112,6 +112,9 @@ pub struct HostSpec {
     pub stop_timeout: Duration,
     /// Readiness, heartbeat and framing settings of the host's IPC channel.
     pub ipc: IpcPolicy,
+    /// This host's memory limit in bytes; `None` takes the daemon's
+    /// `sandbox.memory_max_mb` (as it is when the host spawns).
+    pub memory_max: Option<u64>,
 }
 
 /// When a host must be ready and how its liveness is checked. Zero disables.
@@ -150,6 +153,8 @@ pub struct StartRequest {
     pub ready_timeout: Option<Duration>,
     pub heartbeat_interval: Option<Duration>,
     pub heartbeat_timeout: Option<Duration>,
+    /// Memory limit in bytes (cgroup), overriding the daemon's default.
+    pub memory_max: Option<u64>,
 }
 
 /// The restart budget as clients see it.
@@ -189,6 +194,10 @@ pub struct HostStatus {
     pub ready: bool,
     #[serde(default)]
     pub ready_at: Option<String>,
+    /// The memory limit the host's next (or current) process gets, in MiB,
+    /// if any: its own or the daemon's default.
+    #[serde(default)]
+    pub memory_max_mb: Option<u64>,
     /// When the current process started, for `uptime_ms`.
     #[serde(skip)]
     pub started_instant: Option<Instant>,
@@ -486,6 +495,7 @@ pub fn build_spec(
                 restart: config.restart,
                 stop_timeout: config.stop_timeout,
                 ipc: config.ipc,
+                memory_max: None,
             },
             (None, Some(prev)) => prev.clone(),
             (None, None) => {
@@ -511,6 +521,15 @@ pub fn build_spec(
         r.max_backoff = req.max_backoff.unwrap_or(r.max_backoff);
         r.stable_after = req.stable_after.unwrap_or(r.stable_after);
         spec.stop_timeout = req.stop_timeout.unwrap_or(spec.stop_timeout);
+        if let Some(bytes) = req.memory_max {
+            if bytes < 1 << 20 {
+                return Err(SupervisorError::InvalidSpec {
+                    field: "memoryMaxMb",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            spec.memory_max = Some(bytes);
+        }
         let i = &mut spec.ipc;
         i.ready_timeout = req.ready_timeout.unwrap_or(i.ready_timeout);
         i.heartbeat_interval = req.heartbeat_interval.unwrap_or(i.heartbeat_interval);
