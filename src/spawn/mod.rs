@@ -337,15 +337,23 @@ fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnErr
     #[cfg(unix)]
     let group = ProcessGroup::led_by(pid);
     #[cfg(windows)]
-    let group = {
-        let raw = child.raw_handle().ok_or_else(|| SpawnError::Exec {
-            path: spec.node.clone(),
-            source: Arc::new(io::Error::other("child exited before its handle was read")),
-        })?;
-        ProcessGroup::contain(raw, pid).map_err(|source| SpawnError::Exec {
-            path: spec.node.clone(),
-            source: Arc::new(source),
-        })?
+    let (child, group) = {
+        let mut child = child;
+        let contained = match child.raw_handle() {
+            Some(raw) => ProcessGroup::contain(raw, pid),
+            None => Err(io::Error::other("child exited before its handle was read")),
+        };
+        match contained {
+            Ok(group) => (child, group),
+            Err(source) => {
+                // Never leave a process running outside a job.
+                let _ = child.start_kill();
+                return Err(SpawnError::Exec {
+                    path: spec.node.clone(),
+                    source: Arc::new(source),
+                });
+            }
+        }
     };
     Ok(Spawned { child, pid, group })
 }
