@@ -19,14 +19,38 @@ pub struct Record {
     pub extension_id: String,
     pub pid: i32,
     pub pgid: i32,
-    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot).
+    /// Field 22 of `/proc/<pid>/stat` (clock ticks since boot) on Linux; µs
+    /// since the epoch on macOS.
     pub start_time: u64,
     /// The host's cgroup directory, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
 }
 
+/// The start time of `pid` (µs since the epoch), if it is alive (zombies
+/// count as gone).
+#[cfg(target_os = "macos")]
+pub fn start_time(pid: i32) -> Option<u64> {
+    // SAFETY: a plain-data struct; all zeroes is a valid value.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: the pointer and size describe `info`, which outlives the call.
+    let n =
+        unsafe { libc::proc_pidinfo(pid, libc::PROC_PIDTBSDINFO, 0, (&raw mut info).cast(), size) };
+    if n != size || info.pbi_status == libc::SZOMB {
+        return None;
+    }
+    Some(info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
+}
+
+/// No start times here: nothing is recorded, nothing is reaped.
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+pub fn start_time(_pid: i32) -> Option<u64> {
+    None
+}
+
 /// The start time of `pid`, if it is alive (zombies count as gone).
+#[cfg(target_os = "linux")]
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -128,26 +152,27 @@ pub fn reap_leftovers(path: &Path) -> Vec<String> {
             return Vec::new();
         }
     };
-    // Without /proc there are no start times to tell a recycled pid from a
+    // Elsewhere there are no start times to tell a recycled pid from a
     // leftover: kill nothing (on Windows the job objects took the hosts down
     // with the daemon).
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     let reaped = {
         drop(records);
         Vec::new()
     };
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
     let reaped = reap_records(records);
     let _ = write_atomic(path, &[]);
     reaped
 }
 
 /// Kill every leftover a record names.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn reap_records(records: Vec<Record>) -> Vec<String> {
     let mut reaped = Vec::new();
     for r in records {
         // A cgroup holds only what we put there: kill it whole, escapees too.
+        #[cfg(target_os = "linux")]
         if let Some(dir) = r.cgroup.as_ref().filter(|d| d.is_dir()) {
             use crate::cgroup::Cgroup as _;
             let cg = crate::cgroup::HostCgroup { dir: dir.clone() };
@@ -163,8 +188,8 @@ fn reap_records(records: Vec<Record>) -> Vec<String> {
 }
 
 /// Kill what is left of the group a record names, unless its pid was
-/// recycled (`/proc` tells start times apart).
-#[cfg(target_os = "linux")]
+/// recycled (start times tell them apart).
+#[cfg(any(target_os = "linux", target_os = "macos"))]
 fn reap_group(r: &Record, reaped: &mut Vec<String>) {
     if r.pgid <= 1 {
         return;
@@ -195,6 +220,19 @@ fn reap_group(r: &Record, reaped: &mut Vec<String>) {
             }
         }
     }
+}
+
+/// Live processes of group `pgid` that started no earlier than `since`.
+#[cfg(target_os = "macos")]
+fn group_members_since(pgid: i32, since: u64) -> Vec<i32> {
+    let mut pids: Vec<libc::pid_t> = vec![0; 4096];
+    let bytes = (pids.len() * std::mem::size_of::<libc::pid_t>()) as libc::c_int;
+    // SAFETY: the pointer and byte size describe `pids`, which outlives the
+    // call; it returns how many pids it wrote (or -1).
+    let n = unsafe { libc::proc_listpgrppids(pgid, pids.as_mut_ptr().cast(), bytes) };
+    pids.truncate(usize::try_from(n).unwrap_or(0).min(pids.len()));
+    pids.retain(|&pid| pid > 0 && start_time(pid).is_some_and(|t| t >= since));
+    pids
 }
 
 /// Live processes of group `pgid` that started no earlier than `since`.
