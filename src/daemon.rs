@@ -465,10 +465,16 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     // start up must shut down cleanly, not kill us.
     let mut signals = Signals::new()?;
     let socket = paths::resolve_socket(opts.socket.as_deref(), config.socket.as_deref());
+    #[cfg(unix)]
     let runtime_dir = socket
         .parent()
         .map(Path::to_path_buf)
         .context("socket path has no directory")?;
+    // A pipe has no directory of its own (every pipe's parent is
+    // `\\.\pipe\`): the pipe's full name is what sets this daemon's host
+    // pipes apart from another user's.
+    #[cfg(windows)]
+    let runtime_dir = socket.clone();
     let inherited = inherited_listener()?;
     let activated = inherited.is_some();
     #[cfg(unix)]

@@ -29,8 +29,9 @@ pub fn ipc_root(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("ipc")
 }
 
-/// Named pipes live in one machine-wide namespace: the daemon's runtime
-/// directory goes into the name so two daemons never collide.
+/// Named pipes live in one machine-wide namespace: the daemon's identity
+/// (its control pipe's full name, which `daemon.rs` passes as the runtime
+/// dir on Windows) goes into the name, so two users' daemons never collide.
 #[cfg(windows)]
 pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
     let daemon = short_hash(runtime_dir.as_os_str().as_encoded_bytes());
