@@ -49,9 +49,10 @@ use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
 pub use crate::rpc::params::{RestartParams, StartParams};
-pub use crate::supervisor::HostStatus;
+pub use crate::spawn::GroupUsage;
 pub use crate::supervisor::events::{EventKind, StateEvent};
 pub use crate::supervisor::logs::LogLine;
+pub use crate::supervisor::{HostStatus, HostUsage};
 
 /// Longest reply line the client accepts.
 const MAX_REPLY_BYTES: usize = 128 * 1024 * 1024;
@@ -249,6 +250,12 @@ impl Client {
 
     pub async fn status(&self, extension_id: &str) -> Result<HostStatus, ClientError> {
         self.call("host.status", json!({ "extensionId": extension_id }))
+            .await
+    }
+
+    /// What a host's processes use now (count, resident memory, CPU time).
+    pub async fn usage(&self, extension_id: &str) -> Result<HostUsage, ClientError> {
+        self.call("host.usage", json!({ "extensionId": extension_id }))
             .await
     }
 

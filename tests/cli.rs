@@ -86,6 +86,12 @@ async fn table_json_and_the_session_commands() {
             lines_status.contains("memory max   300 MiB"),
             "{lines_status}"
         );
+        // What it uses now, as `systemctl status` shows it.
+        assert!(lines_status.contains("processes    1"), "{lines_status}");
+        assert!(
+            lines_status.contains(" MiB\n") && lines_status.contains("cpu "),
+            "{lines_status}"
+        );
         ok(
             &d,
             &[

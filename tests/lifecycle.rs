@@ -627,3 +627,49 @@ async fn status_never_waits_behind_another_hosts_stop() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_sums_the_process_group() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        // node + sh + sleep, and 64 MiB resident in node.
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.tree", "fork-grandchild.js", &[]),
+        )
+        .await;
+        wait_for_output(&mut c, "acme.tree", "sleep ").await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.fat", "eat-memory.js", &["64"]),
+        )
+        .await;
+        wait_for_output(&mut c, "acme.fat", "held 64 MiB").await;
+
+        let tree = c
+            .ok("host.usage", json!({"extensionId": "acme.tree"}))
+            .await;
+        assert_eq!(tree["state"], "running", "{tree}");
+        assert_eq!(tree["usage"]["processes"], 3, "node, sh and sleep: {tree}");
+        let fat = c.ok("host.usage", json!({"extensionId": "acme.fat"})).await;
+        assert_eq!(fat["usage"]["processes"], 1, "{fat}");
+        let rss = fat["usage"]["rssBytes"].as_u64().unwrap();
+        assert!(rss >= 64 << 20, "64 MiB held, {rss} resident: {fat}");
+        assert!(fat["usage"]["cpuMs"].as_u64().is_some(), "{fat}");
+
+        c.ok("host.stop", json!({"extensionId": "acme.tree"})).await;
+        let stopped = c
+            .ok("host.usage", json!({"extensionId": "acme.tree"}))
+            .await;
+        assert_eq!(stopped["usage"], Value::Null, "{stopped}");
+        assert_eq!(stopped["pid"], Value::Null, "{stopped}");
+        assert_eq!(
+            c.err("host.usage", json!({"extensionId": "acme.ghost"}))
+                .await
+                .code,
+            -32001
+        );
+    })
+    .await;
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use dscode_hostd::client::{Client, ClientError, HostStatus, StartParams, StateEvent};
+use dscode_hostd::client::{Client, ClientError, GroupUsage, HostStatus, StartParams, StateEvent};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -187,6 +187,12 @@ async fn run(args: Args) -> Result<(), Failure> {
                 println!("{v}");
             } else {
                 print_status(&v);
+                // Like `systemctl status`: what it uses now.
+                if let Ok(u) = client.usage(&id).await
+                    && let Some(u) = u.usage
+                {
+                    print_usage(&u);
+                }
             }
         }
         Cmd::Start {
@@ -427,6 +433,20 @@ fn print_status(v: &Value) {
     if let Some(e) = &h.last_exit {
         println!("last exit    {} at {}", fmt_exit(e.code, e.signal), e.at);
     }
+}
+
+fn print_usage(u: &GroupUsage) {
+    let mem = u
+        .rss_bytes
+        .map(|b| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)))
+        .unwrap_or_else(|| "-".into());
+    let cpu = u
+        .cpu_ms
+        .map(|ms| format!("{:.2}s", ms as f64 / 1000.0))
+        .unwrap_or_else(|| "-".into());
+    println!("processes    {}", u.processes);
+    println!("memory       {mem}");
+    println!("cpu          {cpu}");
 }
 
 fn print_log_line(v: &Value, json_out: bool) {

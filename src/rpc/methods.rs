@@ -362,6 +362,11 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         Ok(ctx.supervisor.status(&p.extension_id)?)
     })
     .expect("unique method name");
+    m.register_async_method("host.usage", |p, ctx, _| async move {
+        let p: params::IdParams = params::parse(&p)?;
+        RpcResult::Ok(ctx.supervisor.usage(&p.extension_id).await?)
+    })
+    .expect("unique method name");
     m.register_method("host.list", |p, ctx, _| -> RpcResult<_> {
         params::parse::<params::NoParams>(&p)?;
         Ok(HostList {

@@ -410,6 +410,45 @@ pub enum StopSignal {
     Kill,
 }
 
+/// What a host's processes use right now, summed over its process group.
+/// A field the platform cannot tell is `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupUsage {
+    /// Live (non-zombie) processes.
+    pub processes: u32,
+    /// Resident memory, bytes.
+    pub rss_bytes: Option<u64>,
+    /// User plus system CPU time, milliseconds.
+    pub cpu_ms: Option<u64>,
+}
+
+/// The fields of `/proc/<pid>/stat` that usage needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatUsage {
+    pub state: char,
+    pub pgrp: i32,
+    /// utime + stime, clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set, pages.
+    pub rss_pages: u64,
+}
+
+/// Parse the fields [`StatUsage`] holds; the command name is in parentheses
+/// and may itself contain spaces and `)`.
+pub fn parse_stat_usage(stat: &str) -> Option<StatUsage> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, so field N is index N - 3.
+    let num = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(StatUsage {
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        cpu_ticks: num(14)? + num(15)?,
+        rss_pages: num(24)?,
+    })
+}
+
 /// From `/proc/<pid>/stat`: the state letter and the process group id. The
 /// command name is in parentheses and may itself contain spaces and `)`.
 pub fn parse_stat_state_pgrp(stat: &str) -> Option<(char, i32)> {
@@ -461,6 +500,22 @@ mod tests {
         assert_eq!(parse_stat_state_pgrp(s), Some(('S', 1234)));
         assert_eq!(parse_stat_state_pgrp("1 (x) Z 0 7 7"), Some(('Z', 7)));
         assert_eq!(parse_stat_state_pgrp("garbage"), None);
+    }
+
+    #[test]
+    fn stat_usage_fields() {
+        // A real line (node), with an awkward command name spliced in.
+        let s = "4242 (no de) x) S 1 4242 4242 0 -1 4194304 3500 0 0 0 120 35 0 0 20 0 11 0 9055 1163313152 12345 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_stat_usage(s),
+            Some(StatUsage {
+                state: 'S',
+                pgrp: 4242,
+                cpu_ticks: 155,
+                rss_pages: 12345,
+            })
+        );
+        assert_eq!(parse_stat_usage("1 (x) Z 0 7"), None);
     }
 
     #[test]

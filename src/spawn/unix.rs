@@ -33,6 +33,63 @@ impl ProcessGroup {
     pub fn alive(&self) -> bool {
         group_alive(self.pgid)
     }
+
+    /// What the group's live processes use now (one `/proc` scan on Linux;
+    /// elsewhere only that the group exists).
+    pub fn usage(&self) -> io::Result<super::GroupUsage> {
+        group_usage(self.pgid)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let ticks = sysconf(SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
+    let page = sysconf(SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    let (mut processes, mut cpu_ticks, mut rss_pages) = (0u32, 0u64, 0u64);
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(u) = super::parse_stat_usage(&stat)
+            && u.pgrp == pgid
+            && u.state != 'Z'
+            && u.state != 'X'
+        {
+            processes += 1;
+            cpu_ticks += u.cpu_ticks;
+            rss_pages += u.rss_pages;
+        }
+    }
+    Ok(super::GroupUsage {
+        processes,
+        rss_bytes: Some(rss_pages * page),
+        cpu_ms: Some(cpu_ticks * 1000 / ticks),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
+    Ok(super::GroupUsage {
+        processes: u32::from(group_alive(pgid)),
+        rss_bytes: None,
+        cpu_ms: None,
+    })
 }
 
 /// Signal every process in group `pgid`. A group that is already gone is not

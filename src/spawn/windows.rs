@@ -97,6 +97,30 @@ impl ProcessGroup {
         }
     }
 
+    /// What the job's processes use: their count and CPU time (the job
+    /// does not report current memory).
+    pub fn usage(&self) -> io::Result<super::GroupUsage> {
+        // SAFETY: plain data; all-zero is valid.
+        let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: the pointer and size describe `info`; the length pointer may be null.
+        check(unsafe {
+            QueryInformationJobObject(
+                self.job.as_raw_handle() as HANDLE,
+                JobObjectBasicAccountingInformation,
+                (&raw mut info).cast(),
+                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+                std::ptr::null_mut(),
+            )
+        })?;
+        // 100 ns units.
+        let cpu = (info.TotalUserTime + info.TotalKernelTime).max(0) as u64 / 10_000;
+        Ok(super::GroupUsage {
+            processes: info.ActiveProcesses,
+            rss_bytes: None,
+            cpu_ms: Some(cpu),
+        })
+    }
+
     /// Whether any process of the job is still running.
     pub fn alive(&self) -> bool {
         // SAFETY: plain data; all-zero is valid.

@@ -48,6 +48,8 @@ enum Command {
     Remove(Reply<()>),
     /// Replace the spec used by the next start (config reload).
     Declare(Box<StartRequest>, Reply<()>),
+    /// What the host's processes use now (`None` when none runs).
+    Usage(Reply<Option<spawn::GroupUsage>>),
 }
 
 /// A cheap, cloneable way to reach a host's actor.
@@ -93,6 +95,10 @@ impl HostHandle {
 
     pub async fn declare(&self, req: StartRequest) -> Option<Result<(), SupervisorError>> {
         self.ask(|r| Command::Declare(Box::new(req), r)).await
+    }
+
+    pub async fn usage(&self) -> Option<Result<Option<spawn::GroupUsage>, SupervisorError>> {
+        self.ask(Command::Usage).await
     }
 
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
@@ -366,6 +372,16 @@ impl HostActor {
                     self.bus.set_status(self.status());
                 });
                 let _ = reply.send(r);
+            }
+            Command::Usage(reply) => {
+                let usage = self.group.as_ref().and_then(|g| match g.usage() {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        tracing::warn!(extension_id = %self.id, error = %e, "cannot read the host's usage");
+                        None
+                    }
+                });
+                let _ = reply.send(Ok(usage));
             }
             Command::Remove(_) => unreachable!("handled in run"),
         }

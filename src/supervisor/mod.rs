@@ -157,6 +157,17 @@ pub struct StartRequest {
     pub memory_max: Option<u64>,
 }
 
+/// `host.usage`: a host's live resource use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostUsage {
+    pub extension_id: String,
+    pub state: HostState,
+    pub pid: Option<u32>,
+    /// `null` when no process runs.
+    pub usage: Option<crate::spawn::GroupUsage>,
+}
+
 /// The restart budget as clients see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -714,6 +725,23 @@ impl Supervisor {
 
     pub fn list(&self) -> Vec<HostStatus> {
         self.bus.list()
+    }
+
+    /// What a host's processes use now, asked of its actor (the owner of
+    /// its process group).
+    pub async fn usage(&self, id: &str) -> Result<HostUsage, SupervisorError> {
+        let usage = self
+            .handle(id)?
+            .usage()
+            .await
+            .ok_or_else(|| SupervisorError::UnknownHost(id.into()))??;
+        let status = self.status(id)?;
+        Ok(HostUsage {
+            extension_id: status.extension_id,
+            state: status.state,
+            pid: status.pid,
+            usage,
+        })
     }
 
     /// The newest `n` output lines of a host.
