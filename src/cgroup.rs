@@ -7,12 +7,13 @@
 //! descriptor the parent opened. Many desktops have no delegated cgroup: then
 //! this is simply not used.
 //!
-//! `sandbox.memory_max_mb` is `memory.max` in that cgroup when the memory
-//! controller is delegated to it. On hybrid layouts (cgroup2 without the
-//! memory controller, which a v1 `memory` hierarchy holds) the limit goes to
-//! a [`MemoryCgroupV1`] instead: `memory.limit_in_bytes` (and
-//! `memory.memsw.limit_in_bytes`, so swap is no way around it) in a per-host
-//! cgroup of the v1 hierarchy, which the child joins as well.
+//! Limits ([`Limit`]: memory, CPU) are written in that cgroup when its
+//! controller is delegated to it (`memory.max`, `cpu.max`). On hybrid
+//! layouts (cgroup2 without the controller, which a v1 hierarchy holds) a
+//! limit goes to a [`CgroupV1`] instead, a per-host cgroup in that v1
+//! hierarchy which the child joins as well: `memory.limit_in_bytes` (and
+//! `memory.memsw.limit_in_bytes`, so swap is no way around it), or
+//! `cpu.cfs_quota_us` over a 100 ms `cpu.cfs_period_us`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -27,33 +28,86 @@ pub fn detect() -> Option<PathBuf> {
     let mount = find_mount(&mountinfo, |fstype, _| fstype == "cgroup2")?;
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let root = make_root(&mount, own_cgroup(&own, None)?)?;
-    // Offer the memory controller to host cgroups where our parent has it
-    // (for `sandbox.memory_max_mb`); harmless where it does not.
-    if std::fs::read_to_string(root.join("cgroup.controllers"))
-        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
-    {
-        let _ = write_file(&root.join("cgroup.subtree_control"), "+memory");
+    // Offer the limit controllers to host cgroups where our parent has them;
+    // harmless where it does not.
+    let available = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    for c in ["memory", "cpu"] {
+        if available.split_whitespace().any(|x| x == c) {
+            let _ = write_file(&root.join("cgroup.subtree_control"), &format!("+{c}"));
+        }
     }
     remove_dead_daemons_cgroups(&root);
     Some(root)
 }
 
-/// Whether host cgroups under `root` get the memory controller (so
-/// `memory.max` can be written).
-pub fn delegates_memory(root: &Path) -> bool {
-    std::fs::read_to_string(root.join("cgroup.subtree_control"))
-        .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+/// A per-host resource limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Bytes of memory.
+    Memory(u64),
+    /// Percent of one CPU (200 = two CPUs' worth).
+    Cpu(u32),
 }
 
-/// Where per-host v1 memory cgroups live, on a hybrid layout:
-/// `<memory mount><our memory cgroup>/dscode-hostd`, if writable.
-pub fn detect_memory_v1() -> Option<PathBuf> {
+/// The CFS period limits are expressed in: 100 ms.
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Limit {
+    /// The controller that enforces it.
+    pub fn controller(self) -> &'static str {
+        match self {
+            Limit::Memory(_) => "memory",
+            Limit::Cpu(_) => "cpu",
+        }
+    }
+
+    fn cpu_quota_us(percent: u32) -> u64 {
+        u64::from(percent) * CPU_PERIOD_US / 100
+    }
+
+    /// The cgroup2 file and value.
+    fn v2(self) -> (&'static str, String) {
+        match self {
+            Limit::Memory(b) => ("memory.max", b.to_string()),
+            Limit::Cpu(p) => (
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", Self::cpu_quota_us(p)),
+            ),
+        }
+    }
+
+    /// The v1 files and values, in order; `true` marks one that may be
+    /// absent (swap accounting off).
+    fn v1(self) -> Vec<(&'static str, String, bool)> {
+        match self {
+            Limit::Memory(b) => vec![
+                ("memory.limit_in_bytes", b.to_string(), false),
+                ("memory.memsw.limit_in_bytes", b.to_string(), true),
+            ],
+            Limit::Cpu(p) => vec![
+                ("cpu.cfs_period_us", CPU_PERIOD_US.to_string(), false),
+                ("cpu.cfs_quota_us", Self::cpu_quota_us(p).to_string(), false),
+            ],
+        }
+    }
+}
+
+/// Whether host cgroups under `root` get `controller` (so its limits can be
+/// written there).
+pub fn delegates(root: &Path, controller: &str) -> bool {
+    std::fs::read_to_string(root.join("cgroup.subtree_control"))
+        .is_ok_and(|c| c.split_whitespace().any(|x| x == controller))
+}
+
+/// Where per-host v1 cgroups of `controller` live, on a hybrid layout:
+/// `<its mount><our cgroup there>/dscode-hostd`, if writable.
+pub fn detect_v1(controller: &str) -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = find_mount(&mountinfo, |fstype, options| {
-        fstype == "cgroup" && options.split(',').any(|o| o == "memory")
+        fstype == "cgroup" && options.split(',').any(|o| o == controller)
     })?;
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let root = make_root(&mount, own_cgroup(&own, Some("memory"))?)?;
+    let root = make_root(&mount, own_cgroup(&own, Some(controller))?)?;
     remove_dead_daemons_cgroups(&root);
     Some(root)
 }
@@ -148,28 +202,31 @@ pub trait Cgroup {
     }
 }
 
-/// The v1 memory cgroup of one host process: the limit only. Killing and
+/// A host process's cgroup in one v1 hierarchy, for one limit. Killing and
 /// tracking stay with the process group and the cgroup2 [`HostCgroup`].
 #[derive(Debug, Clone)]
-pub struct MemoryCgroupV1 {
+pub struct CgroupV1 {
     pub dir: PathBuf,
 }
 
-impl MemoryCgroupV1 {
-    /// Create the host's cgroup under `root`, cap it at `bytes` (memory and
-    /// memory+swap, where swap is accounted) and open its `cgroup.procs`.
+impl CgroupV1 {
+    /// Create the host's cgroup under `root` (the hierarchy of
+    /// `limit.controller()`), write `limit` and open its `cgroup.procs`.
     pub fn create(
         root: &Path,
         extension_id: &str,
-        bytes: u64,
-    ) -> std::io::Result<(MemoryCgroupV1, File)> {
-        let dir = host_dir(root, extension_id)?;
-        let cg = MemoryCgroupV1 { dir };
+        limit: Limit,
+    ) -> std::io::Result<(CgroupV1, File)> {
+        let cg = CgroupV1 {
+            dir: host_dir(root, extension_id)?,
+        };
         let set = || -> std::io::Result<File> {
-            write_file(&cg.dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-            let memsw = cg.dir.join("memory.memsw.limit_in_bytes");
-            if memsw.exists() {
-                write_file(&memsw, &bytes.to_string())?;
+            for (file, value, optional) in limit.v1() {
+                let path = cg.dir.join(file);
+                if optional && !path.exists() {
+                    continue;
+                }
+                write_file(&path, &value)?;
             }
             open_procs(&cg.dir)
         };
@@ -183,7 +240,7 @@ impl MemoryCgroupV1 {
     }
 }
 
-impl Cgroup for MemoryCgroupV1 {
+impl Cgroup for CgroupV1 {
     fn dir(&self) -> &Path {
         &self.dir
     }
@@ -208,10 +265,11 @@ impl HostCgroup {
         Ok((HostCgroup { dir }, procs))
     }
 
-    /// Cap the cgroup's memory (`memory.max`, bytes). `Err` when the memory
-    /// controller is not delegated to this subtree.
-    pub fn limit_memory(&self, bytes: u64) -> std::io::Result<()> {
-        write_file(&self.dir.join("memory.max"), &bytes.to_string())
+    /// Write `limit` (`memory.max`, `cpu.max`). `Err` when its controller
+    /// is not delegated to this subtree.
+    pub fn limit(&self, limit: Limit) -> std::io::Result<()> {
+        let (file, value) = limit.v2();
+        write_file(&self.dir.join(file), &value)
     }
 
     /// SIGKILL every process in the cgroup.
@@ -265,6 +323,27 @@ mod tests {
 2:cpu,cpuacct:/
 0::/user.slice/a.scope
 ";
+
+    #[test]
+    fn limits_in_cgroup2_and_v1_terms() {
+        assert_eq!(
+            Limit::Memory(1 << 20).v2(),
+            ("memory.max", "1048576".into())
+        );
+        assert_eq!(Limit::Cpu(20).v2(), ("cpu.max", "20000 100000".into()));
+        assert_eq!(Limit::Cpu(250).v2(), ("cpu.max", "250000 100000".into()));
+        assert_eq!(
+            Limit::Cpu(50).v1(),
+            vec![
+                ("cpu.cfs_period_us", "100000".into(), false),
+                ("cpu.cfs_quota_us", "50000".into(), false),
+            ]
+        );
+        assert_eq!(
+            Limit::Memory(7).v1()[1],
+            ("memory.memsw.limit_in_bytes", "7".into(), true)
+        );
+    }
 
     #[test]
     fn mounts_and_own_cgroups_are_found_in_a_hybrid_layout() {

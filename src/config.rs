@@ -96,6 +96,9 @@ pub struct HostConfig {
     /// This host's cgroup memory limit in MiB (overrides
     /// `sandbox.memory_max_mb`).
     pub memory_max_mb: Option<u64>,
+    /// This host's CPU limit, percent of one CPU (overrides
+    /// `sandbox.cpu_max_percent`).
+    pub cpu_max_percent: Option<u32>,
 }
 
 impl HostConfig {
@@ -117,6 +120,7 @@ impl HostConfig {
             heartbeat_interval: ms(self.heartbeat_interval_ms),
             heartbeat_timeout: ms(self.heartbeat_timeout_ms),
             memory_max: self.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
+            cpu_max_percent: self.cpu_max_percent,
         }
     }
 }
@@ -200,9 +204,12 @@ pub struct SandboxConfig {
     /// Node's V8 heap limit, passed as `--max-old-space-size` (MiB). Memory
     /// is not bounded with RLIMIT_AS: it breaks Node's WebAssembly.
     pub max_old_space_mb: Option<u64>,
-    /// Opt-in cgroup memory limit per host (MiB), where a memory controller
-    /// is delegated to the daemon's cgroup; otherwise a warning.
+    /// Opt-in default memory limit per host (MiB), through its cgroup
+    /// (cgroup2 or a v1 memory hierarchy); otherwise a warning.
     pub memory_max_mb: Option<u64>,
+    /// Opt-in default CPU limit per host, percent of one CPU (200 = two
+    /// CPUs), through its cgroup (cgroup2 `cpu.max` or v1 CFS quota).
+    pub cpu_max_percent: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -509,7 +516,7 @@ mod tests {
 
     #[test]
     fn host_tables() {
-        let text = "[[host]]\nextension_id = \"acme.a\"\nentry = \"/x/a.js\"\nautostart = true\nmemory_max_mb = 512\n[host.restart]\nbackoff_ms = 20\n";
+        let text = "[[host]]\nextension_id = \"acme.a\"\nentry = \"/x/a.js\"\nautostart = true\nmemory_max_mb = 512\ncpu_max_percent = 150\n[host.restart]\nbackoff_ms = 20\n";
         let c = Config::parse(text, Path::new("c")).unwrap();
         assert_eq!(c.host.len(), 1);
         assert!(c.host[0].autostart);
@@ -518,6 +525,7 @@ mod tests {
             Some(Duration::from_millis(20))
         );
         assert_eq!(c.host[0].start_request().memory_max, Some(512 << 20));
+        assert_eq!(c.host[0].start_request().cpu_max_percent, Some(150));
         let bad = "[[host]]\nextension_id = \"a..b\"\nentry = \"/x/a.js\"\n";
         let e = Config::parse(bad, Path::new("c")).unwrap_err().to_string();
         assert!(e.contains("host.extension_id"), "{e}");

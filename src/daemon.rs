@@ -248,6 +248,7 @@ fn supervisor_config(
     s.state_dir = Some(state_dir.to_path_buf());
     s.cgroups = cgroups;
     s.memory_max = config.sandbox.memory_max_mb.map(|mb| mb * 1024 * 1024);
+    s.cpu_max_percent = config.sandbox.cpu_max_percent;
     s.node_args = config
         .sandbox
         .max_old_space_mb
@@ -322,37 +323,42 @@ fn cgroup_roots(config: &Config) -> CgroupRoots {
             Some(r) => tracing::info!(cgroup = %r.display(), "one cgroup per host"),
             None => tracing::info!("no writable cgroup2: hosts are tracked by process group only"),
         }
-        let memory_v1 = memory_v1_root(v2.as_deref());
-        return CgroupRoots { v2, memory_v1 };
+        let memory_v1 = v1_root(v2.as_deref(), "memory");
+        let cpu_v1 = v1_root(v2.as_deref(), "cpu");
+        return CgroupRoots {
+            v2,
+            memory_v1,
+            cpu_v1,
+        };
     }
     let _ = config;
     CgroupRoots::default()
 }
 
-/// A v1 memory hierarchy, when the cgroup2 subtree cannot apply memory
-/// limits (hybrid layouts). Found at start-up whatever the config says, so
-/// a per-host `memoryMaxMb` works without a daemon-wide default.
+/// The v1 hierarchy of `controller`, when the cgroup2 subtree cannot apply
+/// its limits (hybrid layouts). Found at start-up whatever the config says,
+/// so a per-host limit works without a daemon-wide default.
 #[cfg(target_os = "linux")]
-fn memory_v1_root(v2: Option<&Path>) -> Option<PathBuf> {
-    if v2.is_some_and(crate::cgroup::delegates_memory) {
+fn v1_root(v2: Option<&Path>, controller: &str) -> Option<PathBuf> {
+    if v2.is_some_and(|r| crate::cgroup::delegates(r, controller)) {
         return None;
     }
-    let root = crate::cgroup::detect_memory_v1();
+    let root = crate::cgroup::detect_v1(controller);
     if let Some(r) = &root {
-        tracing::info!(cgroup = %r.display(), "cgroup2 has no memory controller here: memory limits use the v1 memory hierarchy");
+        tracing::info!(cgroup = %r.display(), controller, "cgroup2 lacks this controller here: its limits use the v1 hierarchy");
     }
     root
 }
 
-/// How memory limits are enforced, for `daemon.info`.
+/// How `controller`'s limits are enforced, for `daemon.info`.
 #[cfg(target_os = "linux")]
-fn memory_limit_via(roots: &CgroupRoots) -> &'static str {
-    if roots.memory_v1.is_some() {
+fn limit_via(roots: &CgroupRoots, controller: &str) -> &'static str {
+    if roots.v1(controller).is_some() {
         "cgroup1"
     } else if roots
         .v2
         .as_deref()
-        .is_some_and(crate::cgroup::delegates_memory)
+        .is_some_and(|r| crate::cgroup::delegates(r, controller))
     {
         "cgroup2"
     } else {
@@ -385,16 +391,29 @@ fn sandbox_support(
         Some(r) => r.display().to_string(),
         None => "unavailable".to_string(),
     });
-    let via = memory_limit_via(roots);
-    if via == "unavailable" && config.sandbox.memory_max_mb.is_some() {
-        tracing::warn!(
-            "sandbox.memory_max_mb is set but no writable memory controller exists: it is not enforced"
-        );
+    for (key, controller, default) in [
+        (
+            "memoryLimit",
+            "memory",
+            config.sandbox.memory_max_mb.map(|mb| mb.to_string()),
+        ),
+        (
+            "cpuLimit",
+            "cpu",
+            config.sandbox.cpu_max_percent.map(|p| format!("{p}%")),
+        ),
+    ] {
+        let via = limit_via(roots, controller);
+        if via == "unavailable" && default.is_some() {
+            tracing::warn!(
+                controller,
+                "a default {controller} limit is set but no writable {controller} controller exists: it is not enforced"
+            );
+        }
+        v[key] = serde_json::json!({ "via": via });
     }
-    v["memoryLimit"] = serde_json::json!({
-        "mb": config.sandbox.memory_max_mb,
-        "via": via,
-    });
+    v["memoryLimit"]["mb"] = serde_json::json!(config.sandbox.memory_max_mb);
+    v["cpuLimit"]["percent"] = serde_json::json!(config.sandbox.cpu_max_percent);
     v["profile"] = serde_json::json!(match config.sandbox.profile {
         crate::config::SandboxProfile::Default => "default",
         crate::config::SandboxProfile::Off => "off",

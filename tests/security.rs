@@ -353,9 +353,10 @@ async fn resource_limits_and_the_v8_heap_bound() {
     .await;
 }
 
-/// The memory limit of `pid`'s cgroup, in bytes: cgroup2's `memory.max`
-/// or the v1 memory hierarchy's `memory.limit_in_bytes`.
-fn cgroup_memory_limit(pid: i32) -> Option<u64> {
+/// The directory of `pid`'s cgroup that holds `controller`'s files: in the
+/// v1 hierarchy of `controller` when it has one (`true`), else its cgroup2
+/// cgroup (`false`).
+fn cgroup_dir(pid: i32, controller: &str) -> Option<(String, bool)> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = |want: &dyn Fn(&str, &str) -> bool| {
@@ -366,26 +367,40 @@ fn cgroup_memory_limit(pid: i32) -> Option<u64> {
             want(t, o).then(|| left.split_whitespace().nth(4).map(String::from))?
         })
     };
-    for line in own.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (id, ctl, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let file = if ctl.split(',').any(|c| c == "memory") {
-            let m = mount(&|t, o| t == "cgroup" && o.split(',').any(|x| x == "memory"))?;
-            format!("{m}{path}/memory.limit_in_bytes")
-        } else if id == "0" {
-            let m = mount(&|t, _| t == "cgroup2")?;
-            format!("{m}{path}/memory.max")
-        } else {
-            continue;
-        };
-        if let Some(v) = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return Some(v);
-        }
+    let entry = |v1: bool| {
+        own.lines().find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (id, ctl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if v1 {
+                ctl.split(',').any(|c| c == controller)
+            } else {
+                id == "0"
+            };
+            hit.then(|| path.to_string())
+        })
+    };
+    if let Some(path) = entry(true) {
+        let m = mount(&|t, o| t == "cgroup" && o.split(',').any(|x| x == controller))?;
+        return Some((format!("{m}{path}"), true));
     }
-    None
+    let m = mount(&|t, _| t == "cgroup2")?;
+    Some((format!("{m}{}", entry(false)?), false))
+}
+
+fn read_trimmed(path: String) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The memory limit of `pid`'s cgroup, in bytes.
+fn cgroup_memory_limit(pid: i32) -> Option<u64> {
+    match cgroup_dir(pid, "memory")? {
+        (dir, true) => read_trimmed(format!("{dir}/memory.limit_in_bytes"))?
+            .parse()
+            .ok(),
+        (dir, false) => read_trimmed(format!("{dir}/memory.max"))?.parse().ok(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +496,64 @@ fn sandboxed(keys: &str, opts: DaemonOpts) -> (tempfile::TempDir, std::path::Pat
         ..opts
     });
     (tmp, out, d)
+}
+
+/// The CFS quota of `pid`'s cgroup as a percent of one CPU.
+fn cgroup_cpu_percent(pid: i32) -> Option<u64> {
+    let (quota, period): (u64, u64) = match cgroup_dir(pid, "cpu")? {
+        (dir, true) => (
+            read_trimmed(format!("{dir}/cpu.cfs_quota_us"))?
+                .parse()
+                .ok()?,
+            read_trimmed(format!("{dir}/cpu.cfs_period_us"))?
+                .parse()
+                .ok()?,
+        ),
+        (dir, false) => {
+            let max = read_trimmed(format!("{dir}/cpu.max"))?;
+            let (q, p) = max.split_once(' ')?;
+            (q.parse().ok()?, p.parse().ok()?)
+        }
+    };
+    Some(quota * 100 / period)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_limit_throttles_a_spinning_host() {
+    timed(async {
+        let (_tmp, _, d) = sandboxed("", DaemonOpts::default());
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        let via = info["sandbox"]["cpuLimit"]["via"].as_str().unwrap_or("").to_string();
+        assert!(
+            via == "cgroup1" || via == "cgroup2",
+            "this test needs a writable cpu controller (a delegated cgroup2 one, or the v1 cpu hierarchy as root); daemon.info says {info}"
+        );
+        let mut p = start_params(&d, "acme.spin", "spin.js", &["1500"]);
+        p["cpuMaxPercent"] = json!(20);
+        let st = c.ok("host.start", p).await;
+        assert_eq!(st["cpuMaxPercent"], 20, "{st}");
+        let pid = st["pid"].as_i64().unwrap() as i32;
+        assert_eq!(cgroup_cpu_percent(pid), Some(20), "via {via}");
+        // The host measures itself: CPU time against 1.5 s of wall time.
+        let lines = wait_for_output(&mut c, "acme.spin", "spun cpu").await;
+        let text = lines
+            .iter()
+            .filter_map(|l| l["text"].as_str())
+            .find(|t| t.starts_with("spun cpu"))
+            .unwrap()
+            .to_string();
+        let nums: Vec<f64> = text.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        let (cpu, wall) = (nums[0], nums[1]);
+        // A 20% quota: at most 20 ms per 100 ms period (plus the first,
+        // unthrottled period and scheduler slack).
+        assert!(cpu / wall < 0.35, "{text}: the 20% quota did not hold");
+        assert!(cpu > 0.0, "{text}");
+        let mut zero = start_params(&d, "acme.zero", "spin.js", &["1"]);
+        zero["cpuMaxPercent"] = json!(0);
+        assert_eq!(c.err("host.start", zero).await.code, -32602);
+    })
+    .await;
 }
 
 /// Which of `pid`'s descriptors point at `file`.

@@ -53,6 +53,10 @@ enum Cmd {
         /// This host's memory limit in MiB [default: sandbox.memory_max_mb].
         #[arg(long, value_name = "MIB")]
         memory_max_mb: Option<u64>,
+        /// This host's CPU limit, percent of one CPU [default:
+        /// sandbox.cpu_max_percent].
+        #[arg(long, value_name = "PERCENT")]
+        cpu_max_percent: Option<u32>,
         /// Arguments after `--` go to the entry script.
         #[arg(last = true)]
         args: Vec<String>,
@@ -200,6 +204,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             entry,
             env,
             memory_max_mb,
+            cpu_max_percent,
             args,
         } => {
             let entry = std::path::absolute(&entry)
@@ -210,6 +215,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 env: (!env.is_empty()).then(|| env.into_iter().collect()),
                 args: (!args.is_empty()).then_some(args),
                 memory_max_mb,
+                cpu_max_percent,
                 ..Default::default()
             };
             let v: Value = client
@@ -429,6 +435,9 @@ fn print_status(v: &Value) {
     }
     if let Some(mb) = h.memory_max_mb {
         println!("memory max   {mb} MiB");
+    }
+    if let Some(p) = h.cpu_max_percent {
+        println!("cpu max      {p}%");
     }
     if let Some(e) = &h.last_exit {
         println!("last exit    {} at {}", fmt_exit(e.code, e.signal), e.at);

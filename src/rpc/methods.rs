@@ -209,6 +209,7 @@ fn start_request(p: params::StartParams) -> StartRequest {
         heartbeat_interval: ms(p.heartbeat_interval_ms),
         heartbeat_timeout: ms(p.heartbeat_timeout_ms),
         memory_max: p.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
+        cpu_max_percent: p.cpu_max_percent,
     }
 }
 

@@ -92,6 +92,10 @@ pub struct StartParams {
     /// `sandbox.memory_max_mb`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_max_mb: Option<u64>,
+    /// This host's CPU limit, percent of one CPU (overrides
+    /// `sandbox.cpu_max_percent`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_max_percent: Option<u32>,
 }
 
 /// `host.request` / `host.send`.

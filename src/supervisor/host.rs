@@ -183,7 +183,7 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         #[cfg(target_os = "linux")]
         cgroup: None,
         #[cfg(target_os = "linux")]
-        memory_cgroup: None,
+        v1_cgroups: Vec::new(),
         started: None,
         last_exit: None,
         node: None,
@@ -249,9 +249,9 @@ struct HostActor {
     /// The host process's cgroup, when cgroups are in use.
     #[cfg(target_os = "linux")]
     cgroup: Option<crate::cgroup::HostCgroup>,
-    /// Its v1 memory cgroup, when `memory_max` needs one.
+    /// Its cgroups in v1 hierarchies, one per limit that needs one.
     #[cfg(target_os = "linux")]
-    memory_cgroup: Option<crate::cgroup::MemoryCgroupV1>,
+    v1_cgroups: Vec<crate::cgroup::CgroupV1>,
     started: Option<(SystemTime, Instant)>,
     last_exit: Option<LastExit>,
     node: Option<String>,
@@ -440,6 +440,7 @@ impl HostActor {
             ready: self.ready_at.is_some(),
             ready_at: self.ready_at.map(crate::time::rfc3339),
             memory_max_mb: self.memory_max().map(|b| b >> 20),
+            cpu_max_percent: self.cpu_max_percent(),
             started_instant: self.started.map(|s| s.1.into_std()),
         }
     }
@@ -815,49 +816,75 @@ impl HostActor {
         self.spec.memory_max.or(self.settings().memory_max)
     }
 
-    /// The host's cgroup2 cgroup (kill, tracking, `memory.max`) and, where
-    /// the memory limit needs it, its v1 memory cgroup. Failures degrade to
-    /// the process group alone, with a warning.
+    /// The CPU limit for this host's processes: its own, or the daemon's.
+    fn cpu_max_percent(&self) -> Option<u32> {
+        self.spec
+            .cpu_max_percent
+            .or(self.settings().cpu_max_percent)
+    }
+
+    /// The host's cgroup2 cgroup (kill, tracking, and its limits where the
+    /// controllers are delegated) and, for each limit a v1 hierarchy must
+    /// enforce, its cgroup there. Failures degrade to the process group
+    /// alone, with a warning.
     #[cfg(target_os = "linux")]
     fn make_cgroups(&mut self, config: &SupervisorConfig, spec: &mut LaunchSpec) {
-        use crate::cgroup::{HostCgroup, MemoryCgroupV1};
-        let memory_max = self.spec.memory_max.or(config.memory_max);
-        let mut limited = false;
+        use crate::cgroup::{CgroupV1, HostCgroup, Limit};
+        let mut pending: Vec<Limit> = [
+            self.spec
+                .memory_max
+                .or(config.memory_max)
+                .map(Limit::Memory),
+            self.spec
+                .cpu_max_percent
+                .or(config.cpu_max_percent)
+                .map(Limit::Cpu),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let id = self.id.clone();
         if let Some(root) = &config.cgroups.v2 {
-            match HostCgroup::create(root, &self.id) {
+            match HostCgroup::create(root, &id) {
                 Ok((cg, procs)) => {
-                    if let Some(bytes) = memory_max
-                        && config.cgroups.memory_v1.is_none()
-                    {
-                        match cg.limit_memory(bytes) {
-                            Ok(()) => limited = true,
+                    pending.retain(|&limit| {
+                        if config.cgroups.v1(limit.controller()).is_some() {
+                            return true;
+                        }
+                        match cg.limit(limit) {
+                            Ok(()) => false,
                             Err(e) => {
-                                tracing::warn!(extension_id = %self.id, error = %e, "cannot write memory.max")
+                                tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot write the limit to the host's cgroup");
+                                true
                             }
                         }
-                    }
+                    });
                     spec.cgroup_procs.push(Arc::new(procs));
                     self.cgroup = Some(cg);
                 }
                 Err(e) => {
-                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's cgroup; using its process group only")
+                    tracing::warn!(extension_id = %id, error = %e, "cannot create the host's cgroup; using its process group only")
                 }
             }
         }
-        if let (Some(bytes), Some(root), false) = (memory_max, &config.cgroups.memory_v1, limited) {
-            match MemoryCgroupV1::create(root, &self.id, bytes) {
+        pending.retain(|&limit| {
+            let Some(root) = config.cgroups.v1(limit.controller()) else {
+                return true;
+            };
+            match CgroupV1::create(root, &id, limit) {
                 Ok((cg, procs)) => {
                     spec.cgroup_procs.push(Arc::new(procs));
-                    self.memory_cgroup = Some(cg);
-                    limited = true;
+                    self.v1_cgroups.push(cg);
+                    false
                 }
                 Err(e) => {
-                    tracing::warn!(extension_id = %self.id, error = %e, "cannot create the host's memory cgroup")
+                    tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot create the host's v1 cgroup");
+                    true
                 }
             }
-        }
-        if memory_max.is_some() && !limited {
-            tracing::warn!(extension_id = %self.id, "memory limit not applied: no writable memory controller");
+        });
+        for limit in pending {
+            tracing::warn!(extension_id = %id, ?limit, controller = limit.controller(), "limit not applied: no writable controller");
         }
     }
 
@@ -898,7 +925,7 @@ impl HostActor {
             if let Some(cg) = self.cgroup.take() {
                 remove_when_empty(cg);
             }
-            if let Some(cg) = self.memory_cgroup.take() {
+            for cg in self.v1_cgroups.drain(..) {
                 remove_when_empty(cg);
             }
         }

@@ -115,6 +115,9 @@ pub struct HostSpec {
     /// This host's memory limit in bytes; `None` takes the daemon's
     /// `sandbox.memory_max_mb` (as it is when the host spawns).
     pub memory_max: Option<u64>,
+    /// This host's CPU limit, percent of one CPU; `None` takes the daemon's
+    /// `sandbox.cpu_max_percent`.
+    pub cpu_max_percent: Option<u32>,
 }
 
 /// When a host must be ready and how its liveness is checked. Zero disables.
@@ -155,6 +158,8 @@ pub struct StartRequest {
     pub heartbeat_timeout: Option<Duration>,
     /// Memory limit in bytes (cgroup), overriding the daemon's default.
     pub memory_max: Option<u64>,
+    /// CPU limit, percent of one CPU (cgroup), overriding the daemon's.
+    pub cpu_max_percent: Option<u32>,
 }
 
 /// `host.usage`: a host's live resource use.
@@ -209,6 +214,9 @@ pub struct HostStatus {
     /// if any: its own or the daemon's default.
     #[serde(default)]
     pub memory_max_mb: Option<u64>,
+    /// The CPU limit (percent of one CPU) its processes get, if any.
+    #[serde(default)]
+    pub cpu_max_percent: Option<u32>,
     /// When the current process started, for `uptime_ms`.
     #[serde(skip)]
     pub started_instant: Option<Instant>,
@@ -228,9 +236,22 @@ impl HostStatus {
 pub struct CgroupRoots {
     /// A writable cgroup2 subtree: one cgroup per host process.
     pub v2: Option<PathBuf>,
-    /// A writable v1 `memory` hierarchy, used for `memory_max` when the
+    /// A writable v1 `memory` hierarchy, used for memory limits when the
     /// cgroup2 subtree has no memory controller (hybrid layouts).
     pub memory_v1: Option<PathBuf>,
+    /// Likewise a v1 `cpu` hierarchy, for CPU limits.
+    pub cpu_v1: Option<PathBuf>,
+}
+
+impl CgroupRoots {
+    /// The v1 hierarchy that enforces `controller`'s limits, if one does.
+    pub fn v1(&self, controller: &str) -> Option<&PathBuf> {
+        match controller {
+            "memory" => self.memory_v1.as_ref(),
+            "cpu" => self.cpu_v1.as_ref(),
+            _ => None,
+        }
+    }
 }
 
 /// Settings that apply to every host, from the config.
@@ -246,6 +267,8 @@ pub struct SupervisorConfig {
     pub cgroups: CgroupRoots,
     /// `sandbox.memory_max_mb`, in bytes, applied to each host's cgroup.
     pub memory_max: Option<u64>,
+    /// `sandbox.cpu_max_percent`, applied to each host's cgroup.
+    pub cpu_max_percent: Option<u32>,
     /// The sandbox profile; each host also gets its private dirs writable.
     #[cfg(target_os = "linux")]
     pub sandbox: crate::sandbox::SandboxPolicy,
@@ -288,6 +311,7 @@ impl SupervisorConfig {
             node_args: Vec::new(),
             cgroups: CgroupRoots::default(),
             memory_max: None,
+            cpu_max_percent: None,
             #[cfg(target_os = "linux")]
             sandbox: crate::sandbox::SandboxPolicy::default(),
             exe_dir,
@@ -507,6 +531,7 @@ pub fn build_spec(
                 stop_timeout: config.stop_timeout,
                 ipc: config.ipc,
                 memory_max: None,
+                cpu_max_percent: None,
             },
             (None, Some(prev)) => prev.clone(),
             (None, None) => {
@@ -540,6 +565,15 @@ pub fn build_spec(
                 });
             }
             spec.memory_max = Some(bytes);
+        }
+        if let Some(percent) = req.cpu_max_percent {
+            if percent < 1 {
+                return Err(SupervisorError::InvalidSpec {
+                    field: "cpuMaxPercent",
+                    reason: "must be at least 1".into(),
+                });
+            }
+            spec.cpu_max_percent = Some(percent);
         }
         let i = &mut spec.ipc;
         i.ready_timeout = req.ready_timeout.unwrap_or(i.ready_timeout);
