@@ -97,9 +97,8 @@ impl ProcessGroup {
         }
     }
 
-    /// What the job's processes use: their count and CPU time (the job
-    /// does not report current memory).
-    pub fn usage(&self) -> io::Result<super::GroupUsage> {
+    /// The job's accounting: active processes, CPU times.
+    fn accounting(&self) -> io::Result<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION> {
         // SAFETY: plain data; all-zero is valid.
         let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
         // SAFETY: the pointer and size describe `info`; the length pointer may be null.
@@ -112,6 +111,13 @@ impl ProcessGroup {
                 std::ptr::null_mut(),
             )
         })?;
+        Ok(info)
+    }
+
+    /// What the job's processes use: their count and CPU time (the job
+    /// does not report current memory).
+    pub fn usage(&self) -> io::Result<super::GroupUsage> {
+        let info = self.accounting()?;
         // 100 ns units.
         let cpu = (info.TotalUserTime + info.TotalKernelTime).max(0) as u64 / 10_000;
         Ok(super::GroupUsage {
@@ -121,22 +127,9 @@ impl ProcessGroup {
         })
     }
 
-    /// Whether any process of the job is still running.
+    /// Whether any process of the job is still running. If the job cannot
+    /// be asked, assume the worst: a stop keeps waiting until its deadline.
     pub fn alive(&self) -> bool {
-        // SAFETY: plain data; all-zero is valid.
-        let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
-        // SAFETY: the pointer and size describe `info`; the length pointer may be null.
-        let ok = unsafe {
-            QueryInformationJobObject(
-                self.job.as_raw_handle() as HANDLE,
-                JobObjectBasicAccountingInformation,
-                (&raw mut info).cast(),
-                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
-                std::ptr::null_mut(),
-            )
-        };
-        // If the job cannot be asked, assume the worst: stop keeps waiting
-        // until its deadline.
-        ok == 0 || info.ActiveProcesses > 0
+        self.accounting().map_or(true, |i| i.ActiveProcesses > 0)
     }
 }
