@@ -15,11 +15,11 @@ use tokio::process::{Child, Command};
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{ProcessGroup, group_alive, signal_group};
+pub use unix::{ProcessGroup, UsageProbe, group_alive, signal_group};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub use windows::ProcessGroup;
+pub use windows::{ProcessGroup, UsageProbe};
 
 /// Why a host could not be spawned.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -34,9 +34,23 @@ impl ProcessGroup {
         group_alive(self.pgid)
     }
 
+    /// What [`UsageProbe::read`] needs, to read the group's usage off the
+    /// actor (it scans `/proc`).
+    pub fn usage_probe(&self) -> io::Result<UsageProbe> {
+        Ok(UsageProbe { pgid: self.pgid })
+    }
+}
+
+/// Reads what a group uses; `Send`, for a blocking thread.
+#[derive(Debug)]
+pub struct UsageProbe {
+    pgid: i32,
+}
+
+impl UsageProbe {
     /// What the group's live processes use now (one `/proc` scan on Linux;
-    /// elsewhere only that the group exists).
-    pub fn usage(&self) -> io::Result<super::GroupUsage> {
+    /// elsewhere only that the group exists). Blocking.
+    pub fn read(self) -> io::Result<super::GroupUsage> {
         group_usage(self.pgid)
     }
 }

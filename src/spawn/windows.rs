@@ -97,27 +97,31 @@ impl ProcessGroup {
         }
     }
 
-    /// The job's accounting: active processes, CPU times.
-    fn accounting(&self) -> io::Result<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION> {
-        // SAFETY: plain data; all-zero is valid.
-        let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
-        // SAFETY: the pointer and size describe `info`; the length pointer may be null.
-        check(unsafe {
-            QueryInformationJobObject(
-                self.job.as_raw_handle() as HANDLE,
-                JobObjectBasicAccountingInformation,
-                (&raw mut info).cast(),
-                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
-                std::ptr::null_mut(),
-            )
-        })?;
-        Ok(info)
+    /// What [`UsageProbe::read`] needs: a second handle to the job.
+    pub fn usage_probe(&self) -> io::Result<UsageProbe> {
+        Ok(UsageProbe {
+            job: self.job.try_clone()?,
+        })
     }
 
+    /// Whether any process of the job is still running. If the job cannot
+    /// be asked, assume the worst: a stop keeps waiting until its deadline.
+    pub fn alive(&self) -> bool {
+        accounting(&self.job).map_or(true, |i| i.ActiveProcesses > 0)
+    }
+}
+
+/// Reads what a job uses; `Send`, for a blocking thread.
+#[derive(Debug)]
+pub struct UsageProbe {
+    job: OwnedHandle,
+}
+
+impl UsageProbe {
     /// What the job's processes use: their count and CPU time (the job
     /// does not report current memory).
-    pub fn usage(&self) -> io::Result<super::GroupUsage> {
-        let info = self.accounting()?;
+    pub fn read(self) -> io::Result<super::GroupUsage> {
+        let info = accounting(&self.job)?;
         // 100 ns units.
         let cpu = (info.TotalUserTime + info.TotalKernelTime).max(0) as u64 / 10_000;
         Ok(super::GroupUsage {
@@ -126,10 +130,21 @@ impl ProcessGroup {
             cpu_ms: Some(cpu),
         })
     }
+}
 
-    /// Whether any process of the job is still running. If the job cannot
-    /// be asked, assume the worst: a stop keeps waiting until its deadline.
-    pub fn alive(&self) -> bool {
-        self.accounting().map_or(true, |i| i.ActiveProcesses > 0)
-    }
+/// A job's accounting: active processes, CPU times.
+fn accounting(job: &OwnedHandle) -> io::Result<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION> {
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer and size describe `info`; the length pointer may be null.
+    check(unsafe {
+        QueryInformationJobObject(
+            job.as_raw_handle() as HANDLE,
+            JobObjectBasicAccountingInformation,
+            (&raw mut info).cast(),
+            std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+            std::ptr::null_mut(),
+        )
+    })?;
+    Ok(info)
 }

@@ -374,14 +374,20 @@ impl HostActor {
                 let _ = reply.send(r);
             }
             Command::Usage(reply) => {
-                let usage = self.group.as_ref().and_then(|g| match g.usage() {
-                    Ok(u) => Some(u),
-                    Err(e) => {
-                        tracing::warn!(extension_id = %self.id, error = %e, "cannot read the host's usage");
-                        None
-                    }
+                // The read (a /proc scan) runs on a blocking thread, which
+                // answers; the actor goes on at once.
+                let probe = self.group.as_ref().map(|g| g.usage_probe());
+                let id = self.id.clone();
+                tokio::task::spawn_blocking(move || {
+                    let usage = probe.and_then(|p| match p.and_then(spawn::UsageProbe::read) {
+                        Ok(u) => Some(u),
+                        Err(e) => {
+                            tracing::warn!(extension_id = %id, error = %e, "cannot read the host's usage");
+                            None
+                        }
+                    });
+                    let _ = reply.send(Ok(usage));
                 });
-                let _ = reply.send(Ok(usage));
             }
             Command::Remove(_) => unreachable!("handled in run"),
         }
