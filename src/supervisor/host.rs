@@ -393,27 +393,6 @@ impl HostActor {
         }
     }
 
-    /// `<state>/hosts/<id>/tmp`, created 0700: the host's private TMPDIR.
-    fn private_tmp(&self, config: &SupervisorConfig) -> Option<std::path::PathBuf> {
-        let dir = config
-            .state_dir
-            .as_ref()?
-            .join("hosts")
-            .join(&*self.id)
-            .join("tmp");
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        match builder.create(&dir) {
-            Ok(()) => Some(dir),
-            Err(e) => {
-                tracing::warn!(extension_id = %self.id, error = %e, dir = %dir.display(), "cannot create the host's TMPDIR");
-                None
-            }
-        }
-    }
-
     fn settings(&self) -> Arc<SupervisorConfig> {
         self.config.borrow().clone()
     }
@@ -470,63 +449,6 @@ impl HostActor {
         }
     }
 
-    fn launch_spec(&self, node: std::path::PathBuf) -> LaunchSpec {
-        let config = self.settings();
-        let mut env: BTreeMap<OsString, OsString> = config.base_env.clone();
-        for (k, v) in &self.spec.env {
-            env.insert(k.into(), v.into());
-        }
-        let (outgoing, incoming) = ipc::ipc_paths(&config.runtime_dir, &self.id);
-        env.insert(
-            "DSCODE_IPC_URL".into(),
-            format!("ipc://{}", outgoing.display()).into(),
-        );
-        env.insert(
-            "DSCODE_INCOMING_IPC_URL".into(),
-            format!("ipc://{}", incoming.display()).into(),
-        );
-        if let Some(rp) = &config.resource_path {
-            env.insert("DSCODE_RESOURCE_PATH".into(), rp.clone().into_os_string());
-        }
-        if let Some(tmp) = self.private_tmp(&config) {
-            env.insert("TMPDIR".into(), tmp.into_os_string());
-        }
-        let cwd = self.spec.cwd.clone().unwrap_or_else(|| {
-            self.spec
-                .entry
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| "/".into())
-        });
-        #[cfg(target_os = "linux")]
-        let sandbox = {
-            let mut policy = config.sandbox.clone();
-            if let Some(state) = &config.state_dir {
-                policy.writable.push(state.join("hosts").join(&*self.id));
-            }
-            if let Some(own) = outgoing.parent() {
-                policy.writable.push(own.to_path_buf());
-            }
-            policy
-                .hidden
-                .push(ipc::transport::ipc_root(&config.runtime_dir));
-            Some(policy)
-        };
-        LaunchSpec {
-            node,
-            node_args: config.node_args.clone(),
-            entry: self.spec.entry.clone(),
-            args: self.spec.args.clone(),
-            cwd,
-            env,
-            exec_fd: None,
-            #[cfg(target_os = "linux")]
-            sandbox,
-            #[cfg(target_os = "linux")]
-            cgroup_procs: Vec::new(),
-        }
-    }
-
     /// From `stopped`, `crashed` or `restarting`: go through `starting` to
     /// `running`, or to `crashed` if the spawn fails.
     async fn start(&mut self, reason: &str) -> Result<HostStatus, SupervisorError> {
@@ -537,38 +459,41 @@ impl HostActor {
         self.spawn_in_starting().await
     }
 
-    /// Bind the IPC socket, resolve (and verify) Node, make the cgroup,
-    /// then fork on the spawner thread.
+    /// Resolve Node, then the blocking half on a blocking thread (IPC
+    /// socket, verification, private dirs, cgroups), then fork on the
+    /// spawner thread. The actor's own thread never blocks on any of it.
     async fn prepare_and_spawn(
         &mut self,
-        config: &SupervisorConfig,
+        config: &Arc<SupervisorConfig>,
     ) -> Result<(spawn::Spawned, ipc::Prepared), SpawnError> {
-        let (host_sock, incoming_sock) = ipc::ipc_paths(&config.runtime_dir, &self.id);
-        let prepared = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
-            path: incoming_sock.clone(),
-            source: Arc::new(e),
-        })?;
         let node = spawn::resolve_node(
             config.node.as_deref(),
             config.exe_dir.as_deref(),
             config.resource_path.as_deref(),
         )?;
         self.node = Some(node.display().to_string());
-        let verified = if config.node_policy.active() {
-            Some(crate::verify::open_verified(
-                &node,
-                &config.node_policy.sha256,
-            )?)
-        } else {
-            None
+        let (id, spec, cfg) = (self.id.clone(), self.spec.clone(), config.clone());
+        let gone = |e: tokio::task::JoinError| SpawnError::Exec {
+            path: node.clone(),
+            source: Arc::new(std::io::Error::other(e)),
         };
-        let mut spec = self.launch_spec(node);
-        spec.exec_fd = verified.map(|v| v.file);
+        // A start storm must not become a thread storm: at most two
+        // preparations at a time (the host has two cores' worth of work to
+        // give them), on reused blocking threads.
+        static PREPARING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _turn = PREPARING.acquire().await.expect("never closed");
+        let p = tokio::task::spawn_blocking({
+            let node = node.clone();
+            move || prepare(&id, &spec, &cfg, node)
+        })
+        .await
+        .map_err(gone)??;
         #[cfg(target_os = "linux")]
-        self.make_cgroups(config, &mut spec);
-        #[cfg(debug_assertions)]
-        test_hook_after_verify(&spec);
-        Ok((self.spawner.spawn(spec).await?, prepared))
+        {
+            self.cgroup = p.cgroup;
+            self.v1_cgroups = p.v1_cgroups;
+        }
+        Ok((self.spawner.spawn(p.launch).await?, p.ipc))
     }
 
     async fn spawn_in_starting(&mut self) -> Result<HostStatus, SupervisorError> {
@@ -829,71 +754,6 @@ impl HostActor {
             .or(self.settings().cpu_max_percent)
     }
 
-    /// The host's cgroup2 cgroup (kill, tracking, and its limits where the
-    /// controllers are delegated) and, for each limit a v1 hierarchy must
-    /// enforce, its cgroup there. Failures degrade to the process group
-    /// alone, with a warning.
-    #[cfg(target_os = "linux")]
-    fn make_cgroups(&mut self, config: &SupervisorConfig, spec: &mut LaunchSpec) {
-        use crate::cgroup::{CgroupV1, HostCgroup, Limit};
-        let mut pending: Vec<Limit> = [
-            self.spec
-                .memory_max
-                .or(config.memory_max)
-                .map(Limit::Memory),
-            self.spec
-                .cpu_max_percent
-                .or(config.cpu_max_percent)
-                .map(Limit::Cpu),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let id = self.id.clone();
-        if let Some(root) = &config.cgroups.v2 {
-            match HostCgroup::create(root, &id) {
-                Ok((cg, procs)) => {
-                    pending.retain(|&limit| {
-                        if config.cgroups.v1(limit.controller()).is_some() {
-                            return true;
-                        }
-                        match cg.limit(limit) {
-                            Ok(()) => false,
-                            Err(e) => {
-                                tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot write the limit to the host's cgroup");
-                                true
-                            }
-                        }
-                    });
-                    spec.cgroup_procs.push(Arc::new(procs));
-                    self.cgroup = Some(cg);
-                }
-                Err(e) => {
-                    tracing::warn!(extension_id = %id, error = %e, "cannot create the host's cgroup; using its process group only")
-                }
-            }
-        }
-        pending.retain(|&limit| {
-            let Some(root) = config.cgroups.v1(limit.controller()) else {
-                return true;
-            };
-            match CgroupV1::create(root, &id, limit) {
-                Ok((cg, procs)) => {
-                    spec.cgroup_procs.push(Arc::new(procs));
-                    self.v1_cgroups.push(cg);
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot create the host's v1 cgroup");
-                    true
-                }
-            }
-        });
-        for limit in pending {
-            tracing::warn!(extension_id = %id, ?limit, controller = limit.controller(), "limit not applied: no writable controller");
-        }
-    }
-
     /// SIGKILL the host's process group and, where there is one, its cgroup
     /// (which also holds descendants that left the group).
     fn kill_tree(&self) {
@@ -1050,6 +910,207 @@ fn remove_when_empty(cg: impl crate::cgroup::Cgroup + Send + 'static) {
         }
         tracing::warn!(cgroup = %cg.dir().display(), "cgroup still populated; left in place");
     });
+}
+
+/// What the blocking half of a start produces.
+struct Prepared {
+    launch: LaunchSpec,
+    ipc: ipc::Prepared,
+    #[cfg(target_os = "linux")]
+    cgroup: Option<crate::cgroup::HostCgroup>,
+    #[cfg(target_os = "linux")]
+    v1_cgroups: Vec<crate::cgroup::CgroupV1>,
+}
+
+/// The blocking half of a start, on a blocking thread: bind the IPC socket,
+/// open and verify Node (hashing a 100 MB binary the first time), make the
+/// private TMPDIR and the cgroups.
+fn prepare(
+    id: &str,
+    spec: &HostSpec,
+    config: &SupervisorConfig,
+    node: std::path::PathBuf,
+) -> Result<Prepared, SpawnError> {
+    let (host_sock, incoming_sock) = ipc::ipc_paths(&config.runtime_dir, id);
+    let ipc = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
+        path: incoming_sock.clone(),
+        source: Arc::new(e),
+    })?;
+    let verified = if config.node_policy.active() {
+        Some(crate::verify::open_verified(
+            &node,
+            &config.node_policy.sha256,
+        )?)
+    } else {
+        None
+    };
+    let mut launch = launch_spec(id, spec, config, node);
+    launch.exec_fd = verified.map(|v| v.file);
+    #[cfg(target_os = "linux")]
+    let (cgroup, v1_cgroups) = make_cgroups(id, spec, config, &mut launch);
+    #[cfg(debug_assertions)]
+    test_hook_after_verify(&launch);
+    Ok(Prepared {
+        launch,
+        ipc,
+        #[cfg(target_os = "linux")]
+        cgroup,
+        #[cfg(target_os = "linux")]
+        v1_cgroups,
+    })
+}
+
+/// The child's command line, environment and sandbox policy.
+fn launch_spec(
+    id: &str,
+    spec: &HostSpec,
+    config: &SupervisorConfig,
+    node: std::path::PathBuf,
+) -> LaunchSpec {
+    let mut env: BTreeMap<OsString, OsString> = config.base_env.clone();
+    for (k, v) in &spec.env {
+        env.insert(k.into(), v.into());
+    }
+    let (outgoing, incoming) = ipc::ipc_paths(&config.runtime_dir, id);
+    env.insert(
+        "DSCODE_IPC_URL".into(),
+        format!("ipc://{}", outgoing.display()).into(),
+    );
+    env.insert(
+        "DSCODE_INCOMING_IPC_URL".into(),
+        format!("ipc://{}", incoming.display()).into(),
+    );
+    if let Some(rp) = &config.resource_path {
+        env.insert("DSCODE_RESOURCE_PATH".into(), rp.clone().into_os_string());
+    }
+    if let Some(tmp) = private_tmp(id, config) {
+        env.insert("TMPDIR".into(), tmp.into_os_string());
+    }
+    let cwd = spec.cwd.clone().unwrap_or_else(|| {
+        spec.entry
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| "/".into())
+    });
+    #[cfg(target_os = "linux")]
+    let sandbox = {
+        let mut policy = config.sandbox.clone();
+        if let Some(state) = &config.state_dir {
+            policy.writable.push(state.join("hosts").join(id));
+        }
+        if let Some(own) = outgoing.parent() {
+            policy.writable.push(own.to_path_buf());
+        }
+        policy
+            .hidden
+            .push(ipc::transport::ipc_root(&config.runtime_dir));
+        Some(policy)
+    };
+    LaunchSpec {
+        node,
+        node_args: config.node_args.clone(),
+        entry: spec.entry.clone(),
+        args: spec.args.clone(),
+        cwd,
+        env,
+        exec_fd: None,
+        #[cfg(target_os = "linux")]
+        sandbox,
+        #[cfg(target_os = "linux")]
+        cgroup_procs: Vec::new(),
+    }
+}
+
+/// `<state>/hosts/<id>/tmp`, created 0700: the host's private TMPDIR.
+fn private_tmp(id: &str, config: &SupervisorConfig) -> Option<std::path::PathBuf> {
+    let dir = config
+        .state_dir
+        .as_ref()?
+        .join("hosts")
+        .join(id)
+        .join("tmp");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(&dir) {
+        Ok(()) => Some(dir),
+        Err(e) => {
+            tracing::warn!(extension_id = %id, error = %e, dir = %dir.display(), "cannot create the host's TMPDIR");
+            None
+        }
+    }
+}
+
+/// The host's cgroup2 cgroup (kill, tracking, and its limits where the
+/// controllers are delegated) and, for each limit a v1 hierarchy must
+/// enforce, its cgroup there; the child joins them all. Failures degrade to
+/// the process group alone, with a warning.
+#[cfg(target_os = "linux")]
+fn make_cgroups(
+    id: &str,
+    spec: &HostSpec,
+    config: &SupervisorConfig,
+    launch: &mut LaunchSpec,
+) -> (
+    Option<crate::cgroup::HostCgroup>,
+    Vec<crate::cgroup::CgroupV1>,
+) {
+    use crate::cgroup::{CgroupV1, HostCgroup, Limit};
+    let mut pending: Vec<Limit> = [
+        spec.memory_max.or(config.memory_max).map(Limit::Memory),
+        spec.cpu_max_percent
+            .or(config.cpu_max_percent)
+            .map(Limit::Cpu),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut cgroup = None;
+    if let Some(root) = &config.cgroups.v2 {
+        match HostCgroup::create(root, id) {
+            Ok((cg, procs)) => {
+                pending.retain(|&limit| {
+                    if config.cgroups.v1(limit.controller()).is_some() {
+                        return true;
+                    }
+                    match cg.limit(limit) {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot write the limit to the host's cgroup");
+                            true
+                        }
+                    }
+                });
+                launch.cgroup_procs.push(Arc::new(procs));
+                cgroup = Some(cg);
+            }
+            Err(e) => {
+                tracing::warn!(extension_id = %id, error = %e, "cannot create the host's cgroup; using its process group only")
+            }
+        }
+    }
+    let mut v1 = Vec::new();
+    pending.retain(|&limit| {
+        let Some(root) = config.cgroups.v1(limit.controller()) else {
+            return true;
+        };
+        match CgroupV1::create(root, id, limit) {
+            Ok((cg, procs)) => {
+                launch.cgroup_procs.push(Arc::new(procs));
+                v1.push(cg);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(extension_id = %id, ?limit, error = %e, "cannot create the host's v1 cgroup");
+                true
+            }
+        }
+    });
+    for limit in pending {
+        tracing::warn!(extension_id = %id, ?limit, controller = limit.controller(), "limit not applied: no writable controller");
+    }
+    (cgroup, v1)
 }
 
 /// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
