@@ -310,11 +310,9 @@ async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: boo
     while starts.join_next().await.is_some() {}
 }
 
-/// Probe the kernel once: log what the sandbox cannot do here (or refuse to
-/// start with `sandbox.require`), and report it in `daemon.info`.
 /// Where host cgroups go, when `sandbox.cgroup = "auto"`: a writable
-/// cgroup2 subtree, and a v1 memory hierarchy when cgroup2 cannot apply
-/// memory limits.
+/// cgroup2 subtree, and the v1 hierarchies (memory, cpu) of limits cgroup2
+/// cannot apply here.
 fn cgroup_roots(config: &Config) -> CgroupRoots {
     #[cfg(target_os = "linux")]
     if config.sandbox.cgroup == crate::config::CgroupMode::Auto {
@@ -366,6 +364,8 @@ fn limit_via(roots: &CgroupRoots, controller: &str) -> &'static str {
     }
 }
 
+/// Probe the kernel once: log what the sandbox cannot do here (or refuse to
+/// start with `sandbox.require`), and report it in `daemon.info`.
 #[cfg(target_os = "linux")]
 fn sandbox_support(
     config: &Config,
