@@ -481,13 +481,14 @@ impl HostActor {
         // preparations at a time (the host has two cores' worth of work to
         // give them), on reused blocking threads.
         static PREPARING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-        let _turn = PREPARING.acquire().await.expect("never closed");
+        let turn = PREPARING.acquire().await.expect("never closed");
         let p = tokio::task::spawn_blocking({
             let node = node.clone();
             move || prepare(&id, &spec, &cfg, node)
         })
         .await
         .map_err(gone)??;
+        drop(turn);
         #[cfg(target_os = "linux")]
         {
             self.cgroup = p.cgroup;
