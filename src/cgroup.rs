@@ -282,6 +282,46 @@ impl HostCgroup {
     }
 }
 
+impl HostCgroup {
+    /// Resolves once no live process is left in the cgroup: woken by
+    /// inotify on `cgroup.events` (the kernel rewrites it when `populated`
+    /// changes), not by polling. `Err` when inotify is unavailable; the
+    /// caller then polls.
+    pub async fn emptied(self) -> std::io::Result<()> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        use std::os::fd::{AsFd, AsRawFd, RawFd};
+        struct Watch(Inotify);
+        impl AsRawFd for Watch {
+            fn as_raw_fd(&self) -> RawFd {
+                self.0.as_fd().as_raw_fd()
+            }
+        }
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        inotify.add_watch(&self.dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)?;
+        // SAFETY: `Watch` owns the inotify descriptor: it stays open, and
+        // `as_raw_fd` returns that same descriptor, for as long as the
+        // `AsyncFd` that owns the `Watch` lives.
+        let watch = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(
+                Watch(inotify),
+                tokio::io::Interest::READABLE,
+            )
+        }?;
+        loop {
+            // Checked after the watch exists, so no change is missed.
+            if !self.populated() {
+                return Ok(());
+            }
+            let mut ready = watch.readable().await?;
+            match ready.get_inner().0.read_events() {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 impl Cgroup for HostCgroup {
     fn dir(&self) -> &Path {
         &self.dir
@@ -323,6 +363,33 @@ mod tests {
 2:cpu,cpuacct:/
 0::/user.slice/a.scope
 ";
+
+    #[tokio::test]
+    async fn emptying_a_cgroup_is_an_event() {
+        let root = detect().expect(
+            "this test needs a writable cgroup2 subtree (CI runs as root with cgroup2 mounted)",
+        );
+        let (cg, mut procs) = HostCgroup::create(&root, "unit.emptied").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        procs.write_all(child.id().to_string().as_bytes()).unwrap();
+        assert!(cg.populated());
+        let waiter = tokio::spawn(cg.clone().emptied());
+        // Still populated: the waiter must not have finished.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("no wake-up within 5 s of the cgroup emptying")
+            .unwrap()
+            .unwrap();
+        assert!(!cg.populated());
+        cg.remove();
+    }
 
     #[test]
     fn limits_in_cgroup2_and_v1_terms() {

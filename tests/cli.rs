@@ -364,6 +364,13 @@ async fn watch_and_follow_stream_until_interrupted() {
 async fn shutdown_and_a_daemon_that_goes_away() {
     timed(async {
         let mut d = Daemon::start();
+        // A host, so that the watcher prints its snapshot once subscribed.
+        let mut c = d.client().await;
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.seen", "print-lines.js", &["1"]),
+        )
+        .await;
         let mut watch = Command::new(hostctl_bin())
             .arg("--socket")
             .arg(&d.socket)
@@ -372,6 +379,9 @@ async fn shutdown_and_a_daemon_that_goes_away() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Shut down only once the watcher is attached.
+        let wout = lines_of(watch.stdout.take().unwrap());
+        read_until(&wout, |l| l.contains("acme.seen"));
         assert_eq!(
             ok(&d, &["shutdown"]).trim(),
             "dscode-hostd is shutting down"

@@ -673,3 +673,56 @@ async fn usage_sums_the_process_group() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_leftovers_on_the_cgroup_event() {
+    timed(async {
+        let d = Daemon::start_with(DaemonOpts {
+            env: vec![(
+                "RUST_LOG".into(),
+                "info,dscode_hostd::supervisor::host=debug".into(),
+            )],
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        assert!(
+            info["sandbox"]["cgroup"]
+                .as_str()
+                .is_some_and(|p| p.starts_with('/')),
+            "this test needs a writable cgroup2 subtree (CI runs as root); daemon.info says {info}"
+        );
+        c.ok(
+            "host.start",
+            start_params(&d, "acme.left", "stubborn-grandchild.js", &[]),
+        )
+        .await;
+        let lines = wait_for_output(&mut c, "acme.left", "grandchild ").await;
+        let grandchild: i32 = lines
+            .iter()
+            .find_map(|l| {
+                l["text"]
+                    .as_str()?
+                    .strip_prefix("grandchild ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap();
+        // The host exits on SIGTERM; its grandchild ignores it until the
+        // SIGKILL at the timeout. The stop then ends on the cgroup's event.
+        let st = c
+            .ok(
+                "host.stop",
+                json!({"extensionId": "acme.left", "timeoutMs": 300}),
+            )
+            .await;
+        assert_eq!(st["state"], "stopped");
+        assert!(
+            !process_alive(grandchild),
+            "the grandchild survived the stop"
+        );
+        d.wait_for_log("waiting for its cgroup to empty", Duration::from_secs(5));
+    })
+    .await;
+}

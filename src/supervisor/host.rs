@@ -32,6 +32,9 @@ const COMMAND_QUEUE: usize = 32;
 /// How often a stopping host's process group is checked once its leader is
 /// gone. There is no event for "the last grandchild died" without cgroups.
 const GROUP_POLL: Duration = Duration::from_millis(5);
+/// With cgroup events, the poll is only a safety net.
+#[cfg(target_os = "linux")]
+const GROUP_POLL_BACKUP: Duration = Duration::from_millis(250);
 /// How long after SIGKILL a group may take to empty before the stop gives up
 /// waiting (and says so in the log).
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -204,6 +207,11 @@ struct Stopping {
     give_up_at: Option<Instant>,
     /// Check whether the group is empty at this time.
     poll_at: Option<Instant>,
+    /// With a cgroup2 cgroup: resolves when it empties (inotify on
+    /// `cgroup.events`), so the poll above is only a safety net.
+    emptied: Option<std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>>,
+    /// inotify failed once: poll for the rest of this stop.
+    no_events: bool,
     waiters: Vec<Reply<HostStatus>>,
     /// `host.restart` calls to answer by starting again once stopped.
     restarts: Vec<Reply<HostStatus>>,
@@ -274,6 +282,13 @@ async fn wait_opt(child: &mut Option<Child>) -> std::io::Result<std::process::Ex
     }
 }
 
+async fn emptied_opt(stop: &mut Option<Stopping>) -> std::io::Result<()> {
+    match stop.as_mut().and_then(|s| s.emptied.as_mut()) {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Earliest of the optional deadlines.
 fn earliest(times: &[Option<Instant>]) -> Option<Instant> {
     times.iter().flatten().min().copied()
@@ -317,6 +332,7 @@ impl HostActor {
                 () = sleep_opt(self.restart_at.map(|r| r.0)) => self.on_backoff_elapsed().await,
                 () = sleep_opt(self.stable_at) => self.on_stable(),
                 () = sleep_opt(stop_at) => self.on_stop_timer().await,
+                r = emptied_opt(&mut self.stop) => self.on_cgroup_emptied(r),
                 Ok(()) = self.force_kill.changed() => {
                     if *self.force_kill.borrow_and_update() {
                         self.kill_now();
@@ -670,6 +686,8 @@ impl HostActor {
             kill_at: None,
             give_up_at: None,
             poll_at: None,
+            emptied: None,
+            no_events: false,
             waiters: vec![reply],
             restarts: Vec::new(),
         };
@@ -685,6 +703,18 @@ impl HostActor {
         self.apply(Input::Stop, "stop requested");
         if nothing_to_wait_for {
             self.finish_stop().await;
+        }
+    }
+
+    /// The host's cgroup emptied (or inotify failed): check now.
+    fn on_cgroup_emptied(&mut self, r: std::io::Result<()>) {
+        if let Some(s) = &mut self.stop {
+            s.emptied = None;
+            if let Err(e) = r {
+                tracing::debug!(extension_id = %self.id, error = %e, "no cgroup events; polling the group");
+                s.no_events = true;
+            }
+            s.poll_at = Some(Instant::now());
         }
     }
 
@@ -723,6 +753,18 @@ impl HostActor {
                 }
                 if let Some(s) = &mut self.stop {
                     s.poll_at = Some(now + GROUP_POLL);
+                    #[cfg(target_os = "linux")]
+                    if let Some(cg) = &self.cgroup
+                        && !s.no_events
+                    {
+                        // Every descendant is in the cgroup: its emptying
+                        // is the event; the poll only backs it up.
+                        if s.emptied.is_none() {
+                            tracing::debug!(extension_id = %self.id, "leftovers after the leader exited; waiting for its cgroup to empty");
+                            s.emptied = Some(Box::pin(cg.clone().emptied()));
+                        }
+                        s.poll_at = Some(now + GROUP_POLL_BACKUP);
+                    }
                 }
             }
         }
