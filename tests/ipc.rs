@@ -330,12 +330,11 @@ async fn each_host_has_a_private_ipc_directory_removed_with_the_host() {
             let mut p = ipc_host(&d, id, "echo");
             p["waitReady"] = json!(true);
             let st = c.ok("host.start", p).await;
-            let env = std::fs::read(format!("/proc/{}/environ", st["pid"])).unwrap();
-            let url = env
-                .split(|b| *b == 0)
-                .find_map(|kv| kv.strip_prefix(b"DSCODE_IPC_URL=ipc://"))
-                .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
-                .unwrap();
+            let url = std::path::PathBuf::from(
+                host_env(st["pid"].as_i64().unwrap() as i32, "DSCODE_IPC_URL")
+                    .strip_prefix("ipc://")
+                    .unwrap(),
+            );
             let dir = url.parent().unwrap().to_path_buf();
             let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", dir.display());
@@ -362,12 +361,13 @@ async fn another_host_cannot_take_a_hosts_channel() {
         let mut p = ipc_host(&d, "acme.victim", "echo");
         p["env"]["IPC_HOST_CONNECT_DELAY_MS"] = json!("1500");
         let victim = c.ok("host.start", p).await;
-        let env = std::fs::read(format!("/proc/{}/environ", victim["pid"])).unwrap();
-        let incoming = env
-            .split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(b"DSCODE_INCOMING_IPC_URL=ipc://"))
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap();
+        let incoming = host_env(
+            victim["pid"].as_i64().unwrap() as i32,
+            "DSCODE_INCOMING_IPC_URL",
+        )
+        .strip_prefix("ipc://")
+        .unwrap()
+        .to_string();
         // ...and another host of the same user gets there first.
         let result = d.dir.join("impostor.json");
         c.ok(

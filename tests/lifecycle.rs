@@ -298,17 +298,7 @@ async fn stop_leaves_no_grandchild_behind() {
                 start_params(&d, id, "fork-grandchild.js", &args),
             )
             .await;
-            let lines = wait_for_output(&mut c, id, "sleep ").await;
-            let sleep_pid: i32 = lines
-                .iter()
-                .find_map(|l| {
-                    l["text"]
-                        .as_str()
-                        .unwrap()
-                        .strip_prefix("sleep ")
-                        .map(|p| p.trim().parse().unwrap())
-                })
-                .unwrap();
+            let sleep_pid = output_pid(&mut c, id, "sleep ").await;
             assert!(process_alive(sleep_pid));
             let st = c
                 .ok("host.stop", json!({"extensionId": id, "timeoutMs": 300}))
@@ -685,30 +675,13 @@ async fn a_stop_waits_for_leftovers_on_the_cgroup_event() {
             ..Default::default()
         });
         let mut c = d.client().await;
-        let info = c.ok("daemon.info", json!({})).await;
-        assert!(
-            info["sandbox"]["cgroup"]
-                .as_str()
-                .is_some_and(|p| p.starts_with('/')),
-            "this test needs a writable cgroup2 subtree (CI runs as root); daemon.info says {info}"
-        );
+        require_cgroup2(&mut c).await;
         c.ok(
             "host.start",
             start_params(&d, "acme.left", "stubborn-grandchild.js", &[]),
         )
         .await;
-        let lines = wait_for_output(&mut c, "acme.left", "grandchild ").await;
-        let grandchild: i32 = lines
-            .iter()
-            .find_map(|l| {
-                l["text"]
-                    .as_str()?
-                    .strip_prefix("grandchild ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap();
+        let grandchild = output_pid(&mut c, "acme.left", "grandchild ").await;
         // The host exits on SIGTERM; its grandchild ignores it until the
         // SIGKILL at the timeout. The stop then ends on the cgroup's event.
         let st = c

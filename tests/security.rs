@@ -70,21 +70,7 @@ async fn no_orphans_when_the_daemon_is_sigkilled() {
             .await;
         let node_pid = st["pid"].as_i64().unwrap() as i32;
         // The grandchild (sleep) in the host's process group.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let sleep_pid: i32 = loop {
-            let logs = c.ok("host.logs", json!({"extensionId": "acme.tree"})).await;
-            if let Some(p) = logs["lines"].as_array().unwrap().iter().find_map(|l| {
-                l["text"]
-                    .as_str()
-                    .unwrap()
-                    .strip_prefix("sleep ")
-                    .map(|p| p.trim().parse().unwrap())
-            }) {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "no grandchild");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let sleep_pid = output_pid(&mut c, "acme.tree", "sleep ").await;
         // running.json has the record (written within ~10 ms).
         let records = d.dir.join("state/running.json");
         eventually(
@@ -466,16 +452,6 @@ async fn the_memory_limit_holds_hosts_to_memory_max_mb() {
     .await;
 }
 
-/// One variable of a live process's environment.
-fn host_env(pid: i32, key: &str) -> String {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let prefix = format!("{key}=");
-    env.split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_else(|| panic!("{pid} has no {key}"))
-}
-
 /// A daemon in a fresh temp dir whose `[sandbox]` table is `keys` plus one
 /// writable directory, returned (fixtures write their reports there). Only
 /// that directory: the daemon's runtime and state dirs, in the same temp
@@ -609,30 +585,13 @@ async fn stop_kills_a_grandchild_that_left_the_process_group() {
     timed(async {
         let d = Daemon::start();
         let mut c = d.client().await;
-        let info = c.ok("daemon.info", json!({})).await;
-        assert!(
-            info["sandbox"]["cgroup"]
-                .as_str()
-                .is_some_and(|s| s.starts_with('/')),
-            "this test needs a writable cgroup2 (root on the CI VM); daemon.info says {}",
-            info["sandbox"]
-        );
+        require_cgroup2(&mut c).await;
         c.ok(
             "host.start",
             start_params(&d, "acme.escape", "setsid-escapee.js", &[]),
         )
         .await;
-        let lines = wait_for_output(&mut c, "acme.escape", "escapee ").await;
-        let pid: i32 = lines
-            .iter()
-            .find_map(|l| {
-                l["text"]
-                    .as_str()
-                    .unwrap()
-                    .strip_prefix("escapee ")
-                    .map(|p| p.trim().parse().unwrap())
-            })
-            .unwrap();
+        let pid = output_pid(&mut c, "acme.escape", "escapee ").await;
         eventually(
             Duration::from_secs(5),
             "the escapee runs in its own session",

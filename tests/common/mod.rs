@@ -525,6 +525,45 @@ pub async fn wait_for_output(c: &mut Client, id: &str, needle: &str) -> Vec<Valu
     }
 }
 
+/// Wait until host `id` prints a line `<prefix><number>`, and return the
+/// number (the fixtures print their children's pids that way).
+pub async fn output_pid(c: &mut Client, id: &str, prefix: &str) -> i32 {
+    let lines = wait_for_output(c, id, prefix).await;
+    lines
+        .iter()
+        .find_map(|l| {
+            l["text"]
+                .as_str()?
+                .strip_prefix(prefix)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{id} printed no `{prefix}<pid>` line: {lines:?}"))
+}
+
+/// Fail loudly unless the daemon has a writable cgroup2 subtree for hosts.
+pub async fn require_cgroup2(c: &mut Client) {
+    let info = c.ok("daemon.info", json!({})).await;
+    assert!(
+        info["sandbox"]["cgroup"]
+            .as_str()
+            .is_some_and(|p| p.starts_with('/')),
+        "this test needs a writable cgroup2 subtree (CI runs as root); daemon.info says {}",
+        info["sandbox"]
+    );
+}
+
+/// One variable of a live process's environment.
+pub fn host_env(pid: i32, key: &str) -> String {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let prefix = format!("{key}=");
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| panic!("{pid} has no {key}"))
+}
+
 /// Wait until a fixture has written `path` (and a moment more for it to
 /// finish the write), at most 10 s.
 pub async fn wait_for_file(path: &Path) {
