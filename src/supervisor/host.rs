@@ -440,8 +440,8 @@ impl HostActor {
             node: self.node.clone(),
             ready: self.ready_at.is_some(),
             ready_at: self.ready_at.map(crate::time::rfc3339),
-            memory_max_mb: self.memory_max().map(|b| b >> 20),
-            cpu_max_percent: self.cpu_max_percent(),
+            memory_max_mb: self.spec.memory_max(&self.settings()).map(|b| b >> 20),
+            cpu_max_percent: self.spec.cpu_max_percent(&self.settings()),
             started_instant: self.started.map(|s| s.1.into_std()),
         }
     }
@@ -785,18 +785,6 @@ impl HostActor {
         }
     }
 
-    /// The memory limit for this host's processes: its own, or the daemon's.
-    fn memory_max(&self) -> Option<u64> {
-        self.spec.memory_max.or(self.settings().memory_max)
-    }
-
-    /// The CPU limit for this host's processes: its own, or the daemon's.
-    fn cpu_max_percent(&self) -> Option<u32> {
-        self.spec
-            .cpu_max_percent
-            .or(self.settings().cpu_max_percent)
-    }
-
     /// SIGKILL the host's process group and, where there is one, its cgroup
     /// (which also holds descendants that left the group).
     fn kill_tree(&self) {
@@ -832,7 +820,17 @@ impl HostActor {
         #[cfg(target_os = "linux")]
         {
             if let Some(cg) = self.cgroup.take() {
-                remove_when_empty(cg);
+                // cgroup2 says when it empties; v1 cgroups are polled.
+                tokio::spawn(async move {
+                    use crate::cgroup::Cgroup as _;
+                    match tokio::time::timeout(KILL_GRACE, cg.clone().emptied()).await {
+                        Ok(Ok(())) => cg.remove(),
+                        Ok(Err(_)) => remove_when_empty(cg),
+                        Err(_) => {
+                            tracing::warn!(cgroup = %cg.dir.display(), "cgroup still populated; left in place")
+                        }
+                    }
+                });
             }
             for cg in self.v1_cgroups.drain(..) {
                 remove_when_empty(cg);
@@ -1101,10 +1099,8 @@ fn make_cgroups(
 ) {
     use crate::cgroup::{CgroupV1, HostCgroup, Limit};
     let mut pending: Vec<Limit> = [
-        spec.memory_max.or(config.memory_max).map(Limit::Memory),
-        spec.cpu_max_percent
-            .or(config.cpu_max_percent)
-            .map(Limit::Cpu),
+        spec.memory_max(config).map(Limit::Memory),
+        spec.cpu_max_percent(config).map(Limit::Cpu),
     ]
     .into_iter()
     .flatten()

@@ -120,6 +120,18 @@ pub struct HostSpec {
     pub cpu_max_percent: Option<u32>,
 }
 
+impl HostSpec {
+    /// The memory limit its processes get: its own, or the daemon's default.
+    pub fn memory_max(&self, config: &SupervisorConfig) -> Option<u64> {
+        self.memory_max.or(config.memory_max)
+    }
+
+    /// The CPU limit its processes get: its own, or the daemon's default.
+    pub fn cpu_max_percent(&self, config: &SupervisorConfig) -> Option<u32> {
+        self.cpu_max_percent.or(config.cpu_max_percent)
+    }
+}
+
 /// When a host must be ready and how its liveness is checked. Zero disables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpcPolicy {
