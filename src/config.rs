@@ -74,7 +74,7 @@ pub struct HostRestartConfig {
 }
 
 /// A host declared in the config (`[[host]]`), like a supervisord program.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     pub extension_id: String,
@@ -99,6 +99,20 @@ pub struct HostConfig {
     /// This host's CPU limit, percent of one CPU (overrides
     /// `sandbox.cpu_max_percent`).
     pub cpu_max_percent: Option<u32>,
+    /// Answer `get-extensions-dir` with this directory.
+    pub extensions_dir: Option<PathBuf>,
+    /// Root of `get-extension-storage`'s directories (default: the host's
+    /// private storage directory).
+    pub storage_dir: Option<PathBuf>,
+    /// Directories this host may write besides its own.
+    #[serde(default)]
+    pub writable_paths: Vec<PathBuf>,
+    /// The daemon's variables passed to this host by name.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
+    /// Payloads the daemon answers host requests with, by type.
+    #[serde(default)]
+    pub static_answers: BTreeMap<String, serde_json::Value>,
 }
 
 impl HostConfig {
@@ -121,6 +135,11 @@ impl HostConfig {
             heartbeat_timeout: ms(self.heartbeat_timeout_ms),
             memory_max: self.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
             cpu_max_percent: self.cpu_max_percent,
+            extensions_dir: self.extensions_dir.clone(),
+            storage_dir: self.storage_dir.clone(),
+            writable_paths: Some(self.writable_paths.clone()),
+            pass_env: Some(self.pass_env.clone()),
+            static_answers: Some(self.static_answers.clone()),
         }
     }
 }
@@ -239,7 +258,7 @@ pub enum NetworkPolicy {
 }
 
 /// See `config.example.toml` for every key with its default.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Control socket path.
@@ -276,6 +295,16 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// A ping unanswered this long marks the host unresponsive.
     pub heartbeat_timeout_ms: u64,
+    /// A host's request unanswered this long is answered `-error "timed out"`.
+    pub host_request_timeout_ms: u64,
+    /// Requests per host waiting for an editor (queued while none is
+    /// attached, or delivered and unanswered); past it, `-error` at once.
+    pub host_request_queue_max: usize,
+    /// The same bound in bytes.
+    pub host_request_queue_bytes: usize,
+    /// Payloads the daemon answers host requests with, by type, for every
+    /// host (a `[[host]]`'s or `host.start`'s own table wins).
+    pub static_answers: BTreeMap<String, serde_json::Value>,
     pub sandbox: SandboxConfig,
 }
 
@@ -295,10 +324,14 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_max_files: 7,
             host: Vec::new(),
-            ipc_max_message_bytes: 16 * 1024 * 1024,
+            ipc_max_message_bytes: 50 * 1024 * 1024,
             ready_timeout_ms: 60_000,
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 15_000,
+            host_request_timeout_ms: 30_000,
+            host_request_queue_max: 128,
+            host_request_queue_bytes: 64 * 1024 * 1024,
+            static_answers: BTreeMap::new(),
             sandbox: SandboxConfig::default(),
         }
     }
@@ -346,6 +379,18 @@ impl Config {
                 "ipc_max_message_bytes",
                 "must be between 1024 and 4294967295",
             );
+        }
+        if !(1..=3_600_000).contains(&self.host_request_timeout_ms) {
+            return invalid("host_request_timeout_ms", "must be between 1 and 3600000");
+        }
+        if self.host_request_queue_max == 0 || self.host_request_queue_max > 65_536 {
+            return invalid("host_request_queue_max", "must be between 1 and 65536");
+        }
+        if self.host_request_queue_bytes < 1024 {
+            return invalid("host_request_queue_bytes", "must be at least 1024");
+        }
+        if let Err(e) = crate::supervisor::static_answers(&self.static_answers) {
+            return invalid("static_answers", &e);
         }
         if self.sandbox.max_open_files.is_some_and(|n| n < 18) {
             return invalid(
@@ -397,6 +442,8 @@ impl Config {
                     "host.env",
                     format!("host {id}: keys must be non-empty, without '=' or NUL"),
                 ))
+            } else if let Err(e) = crate::supervisor::static_answers(&h.static_answers) {
+                Some(("host.static_answers", format!("host {id}: {e}")))
             } else {
                 None
             };
@@ -423,6 +470,17 @@ impl Config {
 
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_millis(self.stop_timeout_ms)
+    }
+
+    /// Host-request limits and static answers, into the supervisor's settings.
+    pub fn apply_host_requests(&self, s: &mut crate::supervisor::SupervisorConfig) {
+        s.host_requests = crate::supervisor::messages::HubLimits {
+            timeout: Duration::from_millis(self.host_request_timeout_ms),
+            max_count: self.host_request_queue_max,
+            max_bytes: self.host_request_queue_bytes,
+        };
+        s.static_answers =
+            crate::supervisor::static_answers(&self.static_answers).unwrap_or_default();
     }
 
     /// The default readiness and heartbeat policy.

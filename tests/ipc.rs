@@ -233,19 +233,28 @@ async fn heartbeat_catches_a_hung_host_and_it_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_originated_requests_answered_by_an_editor_or_refused() {
+async fn host_originated_requests_answered_by_an_editor_queued_or_timed_out() {
     timed(async {
-        let d = Daemon::start();
-        // Nobody attached: the host hears "no editor attached" at once.
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some("host_request_timeout_ms = 400\n".into()),
+            ..Default::default()
+        });
+        // Nobody attached, nobody comes: the request waits in the host's
+        // queue and is answered "timed out" at its deadline.
         let mut c = d.client().await;
         c.ok("host.start", ipc_host(&d, "acme.lonely", "chatty"))
             .await;
         wait_for_output(
             &mut c,
             "acme.lonely",
-            r#"window-show-message-with-actions-error {"error":"no editor attached"}"#,
+            r#"window-show-message-with-actions-error {"error":"timed out"}"#,
         )
         .await;
+        let u = c
+            .ok("host.usage", json!({"extensionId": "acme.lonely"}))
+            .await;
+        assert_eq!(u["waitingRequests"], 0, "{u}");
+        assert_eq!(u["ipc"]["hostRequests"], 1, "{u}");
 
         // An editor subscribed: it gets host.message and answers.
         let mut editor = d.client().await;
@@ -293,7 +302,7 @@ async fn a_malformed_frame_fails_only_that_host() {
         let mut sub = d.client().await;
         sub.ok("host.subscribe", json!({"extensionIds": ["acme.bad"]}))
             .await;
-        let mut p = ipc_host(&d, "acme.bad", "oversize-frame");
+        let mut p = ipc_host(&d, "acme.bad", "zero-frame");
         p["restart"] = json!({"backoffMs": 20, "maxAttempts": 1});
         c.ok("host.start", p).await;
         let events = sub.events_until(S10, |e| e["to"] == "unhealthy").await;
@@ -302,7 +311,7 @@ async fn a_malformed_frame_fails_only_that_host() {
             .unwrap()
             .to_string();
         assert!(
-            reason.contains("malformed IPC frame") && reason.contains("exceeds"),
+            reason.contains("malformed IPC frame") && reason.contains("zero-length"),
             "{reason}"
         );
         sub.events_until(S10, |e| e["to"] == "crashed").await;

@@ -162,7 +162,10 @@ async fn crash_path_exact_events_then_crashed() {
         assert_eq!(reasons[4], "backoff elapsed");
         assert_eq!(reasons[7], "restarting in 40 ms (attempt 2 of 3)");
         assert_eq!(reasons[11], "restarting in 80 ms (attempt 3 of 3)");
-        assert_eq!(reasons.last().unwrap(), "restart budget exhausted");
+        assert_eq!(
+            reasons.last().unwrap(),
+            "restart budget exhausted: exited with code 3"
+        );
 
         // generation counts spawns; seq strictly increases.
         let gens: Vec<_> = events
@@ -219,6 +222,9 @@ async fn budget_is_restored_after_stable_running() {
             &[counter.to_str().unwrap(), "1"],
         );
         p["restart"] = json!({"backoffMs": 20, "stableAfterMs": 400});
+        // This fixture speaks no IPC: with the ready wait off, running is
+        // what counts as stable (a host the daemon waits for must be ready).
+        p["readyTimeoutMs"] = json!(0);
         c.ok("host.start", p).await;
         // Second run (generation 2) stays up.
         sub.events_until(S20, |e| e["to"] == "running" && e["generation"] == 2)

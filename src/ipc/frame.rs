@@ -1,9 +1,15 @@
 //! The DSCode extension-host wire format: a 4-byte big-endian length, then
 //! that many bytes of UTF-8 JSON `{id, type, payload}`.
 //!
-//! The decoder refuses a zero length and a length over the limit before
-//! reading (or allocating) the body, and invalid JSON after reading it. Any
-//! of those ends the channel: the peer is no longer trustworthy.
+//! A frame longer than the limit is skipped as it streams past, never
+//! buffered (the real host does the same with an over-long frame): the
+//! decoder yields [`Frame::Skipped`] and goes on. A zero length or invalid
+//! JSON ends the channel: the peer is no longer trustworthy (the real host
+//! would stall on a zero length).
+//!
+//! Decoded ids and payloads are compact: JSON that arrived with raw line
+//! breaks (pretty-printed) is re-encoded, so a host's bytes can never break
+//! the line framing of the control protocol they are relayed into.
 
 use bytes::{Buf, BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -53,6 +59,15 @@ impl Message {
         }
     }
 
+    /// `<type>-response` carrying `payload`, answering `self`.
+    pub fn response(&self, payload: Box<RawValue>) -> Message {
+        Message {
+            id: self.id.clone(),
+            kind: format!("{}-response", self.kind),
+            payload,
+        }
+    }
+
     /// `<type>-error` with `payload: {"error": message}`, answering `self`.
     pub fn error_reply(&self, message: &str) -> Message {
         Message {
@@ -64,23 +79,42 @@ impl Message {
     }
 }
 
+/// What the decoder yields.
+#[derive(Debug)]
+pub enum Frame {
+    Message(Message),
+    /// A frame of this many bytes exceeded the limit; its body is being
+    /// discarded as it arrives.
+    Skipped(usize),
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max: usize,
+    /// Bytes of an over-long frame still to discard.
+    skip: usize,
 }
 
 impl FrameCodec {
     pub fn new(max: usize) -> Self {
-        FrameCodec { max }
+        FrameCodec { max, skip: 0 }
     }
 }
 
 impl Decoder for FrameCodec {
-    type Item = Message;
+    type Item = Frame;
     type Error = FrameError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, FrameError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        if self.skip > 0 {
+            let n = self.skip.min(src.len());
+            src.advance(n);
+            self.skip -= n;
+            if self.skip > 0 {
+                return Ok(None);
+            }
+        }
         if src.len() < 4 {
             return Ok(None);
         }
@@ -89,7 +123,11 @@ impl Decoder for FrameCodec {
             return Err(FrameError::ZeroLength);
         }
         if len > self.max {
-            return Err(FrameError::TooLong { len, max: self.max });
+            src.advance(4);
+            let n = len.min(src.len());
+            src.advance(n);
+            self.skip = len - n;
+            return Ok(Some(Frame::Skipped(len)));
         }
         if src.len() < 4 + len {
             src.reserve(4 + len - src.len());
@@ -97,8 +135,21 @@ impl Decoder for FrameCodec {
         }
         src.advance(4);
         let body = src.split_to(len);
-        Ok(Some(serde_json::from_slice(&body)?))
+        let mut msg: Message = serde_json::from_slice(&body)?;
+        compact(&mut msg.id)?;
+        compact(&mut msg.payload)?;
+        Ok(Some(Frame::Message(msg)))
     }
+}
+
+/// Re-encode `raw` compactly if it holds a raw line break (JSON allows them
+/// only as whitespace, so the value is unchanged).
+fn compact(raw: &mut Box<RawValue>) -> Result<(), serde_json::Error> {
+    if raw.get().bytes().any(|b| b == b'\n' || b == b'\r') {
+        let v: serde_json::Value = serde_json::from_str(raw.get())?;
+        *raw = serde_json::value::to_raw_value(&v)?;
+    }
+    Ok(())
 }
 
 impl Encoder<&Message> for FrameCodec {
@@ -138,17 +189,32 @@ mod tests {
         }
     }
 
-    fn decode_all(max: usize, chunks: &[&[u8]]) -> Result<Vec<Message>, FrameError> {
+    fn decode_frames(max: usize, chunks: &[&[u8]]) -> Result<Vec<Frame>, FrameError> {
         let mut c = FrameCodec::new(max);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for ch in chunks {
             buf.extend_from_slice(ch);
-            while let Some(m) = c.decode(&mut buf)? {
-                out.push(m);
+            while let Some(f) = c.decode(&mut buf)? {
+                out.push(f);
             }
+            assert!(
+                buf.capacity() <= 8192 + 4 + max,
+                "buffered {}",
+                buf.capacity()
+            );
         }
         Ok(out)
+    }
+
+    fn decode_all(max: usize, chunks: &[&[u8]]) -> Result<Vec<Message>, FrameError> {
+        Ok(decode_frames(max, chunks)?
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Message(m) => Some(m),
+                Frame::Skipped(_) => None,
+            })
+            .collect())
     }
 
     #[test]
@@ -163,15 +229,10 @@ mod tests {
     }
 
     #[test]
-    fn zero_huge_and_invalid_are_refused() {
+    fn zero_and_invalid_are_refused() {
         assert!(matches!(
             decode_all(64, &[&[0, 0, 0, 0]]),
             Err(FrameError::ZeroLength)
-        ));
-        // 4 GiB announced: refused from the header alone, nothing allocated.
-        assert!(matches!(
-            decode_all(64, &[&[0xff, 0xff, 0xff, 0xff]]),
-            Err(FrameError::TooLong { .. })
         ));
         let mut bad = 5u32.to_be_bytes().to_vec();
         bad.extend_from_slice(b"{bad}");
@@ -179,6 +240,37 @@ mod tests {
             decode_all(64, &[&bad]),
             Err(FrameError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn an_over_long_frame_streams_past_and_the_next_one_decodes() {
+        let big = 100_000usize;
+        let mut bytes = (big as u32).to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', big));
+        bytes.extend_from_slice(&encode(&msg("after", "t", "{}"), 1024).unwrap());
+        // Fed in 4 KiB pieces: nothing near 100 KB is ever held.
+        let chunks: Vec<&[u8]> = bytes.chunks(4096).collect();
+        let frames = decode_frames(1024, &chunks).unwrap();
+        assert!(
+            matches!(frames[0], Frame::Skipped(n) if n == big),
+            "{frames:?}"
+        );
+        assert!(matches!(&frames[1], Frame::Message(m) if m.id_key() == "\"after\""));
+        assert_eq!(frames.len(), 2);
+        // 4 GiB announced: skipped from the header alone, nothing allocated.
+        let frames = decode_frames(64, &[&[0xff, 0xff, 0xff, 0xff, b'{']]).unwrap();
+        assert!(matches!(frames[..], [Frame::Skipped(0xffff_ffff)]));
+    }
+
+    #[test]
+    fn pretty_printed_json_comes_out_compact() {
+        let body = "{\"id\": \"r\",\n \"type\": \"t\",\r\n \"payload\": [\n{\"a\": \"x\\ny\"}\n]}";
+        let mut bytes = (body.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(body.as_bytes());
+        let m = &decode_all(1024, &[&bytes]).unwrap()[0];
+        assert_eq!(m.payload.get(), r#"[{"a":"x\ny"}]"#);
+        assert!(!m.payload.get().contains('\n'));
+        assert_eq!(m.id.get(), "\"r\"");
     }
 
     #[test]

@@ -1,12 +1,19 @@
-//! The per-host IPC channel that DSCode extension hosts speak (see
-//! `shared/notes/ext-host-ipc.md`): the daemon listens on a private incoming
-//! socket, the host connects to it and says `extension-host-ready`, then the
-//! daemon connects to the host's own socket and sends it requests.
+//! The per-host IPC channel that DSCode extension hosts speak; the wire
+//! protocol is `proto-docs/ext-host-protocol.md`.
 //!
-//! A [`Session`] is one host process's channel. It knows frames, ids and
-//! sockets; it reports `Ready`, `Failed` and `Closed` to the host's actor and
-//! hands host-originated requests to a [`HostRequests`] sink. It knows nothing
-//! about host states or JSON-RPC.
+//! Right after the spawn, two things happen at once: the daemon accepts the
+//! host's connection on its incoming socket (`DSCODE_INCOMING_IPC_URL`) and
+//! connects to the host's own socket (`DSCODE_IPC_URL`), retrying while it
+//! does not exist yet. The real DSCode host waits for the second before it
+//! does the first; older hosts do the first and say ready before they
+//! listen. The session is ready once both connections stand and the host
+//! has said `extension-host-ready` (answered at once with
+//! `extension-host-ready-response {"success": true}`).
+//!
+//! A [`Session`](SessionHandle) is one host process's channel. It knows
+//! frames, ids and sockets; it reports `Ready`, `Failed` and `Closed` to the
+//! host's actor and hands host-originated requests to a [`HostRequests`]
+//! sink. It knows nothing about host states or JSON-RPC.
 
 pub mod frame;
 pub mod transport;
@@ -18,15 +25,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
-use frame::FrameCodec;
+use frame::{Frame, FrameCodec};
 pub use frame::{FrameError, Message};
 use transport::Stream;
 pub use transport::ipc_paths;
+
+/// The host's readiness request.
+pub const READY: &str = "extension-host-ready";
+/// First pause between attempts to connect to the host's socket; doubled
+/// up to [`CONNECT_RETRY_FAST`] while the host is young (Node needs tens of
+/// milliseconds to listen, and every millisecond here is start-up latency),
+/// then [`CONNECT_RETRY_SLOW`]. The actor's ready timeout bounds the whole.
+const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(1);
+const CONNECT_RETRY_FAST: Duration = Duration::from_millis(4);
+const CONNECT_RETRY_SLOW: Duration = Duration::from_millis(100);
+const CONNECT_FAST_FOR: Duration = Duration::from_secs(2);
 
 /// Why a request relayed to a host did not get a `-response`.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,10 +86,54 @@ pub enum SessionEvent {
     Closed,
 }
 
+/// What a host's channels have seen, over all its processes (`host.usage`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    oversize_frames: AtomicU64,
+    host_requests: AtomicU64,
+    host_requests_refused: AtomicU64,
+    partials_dropped: AtomicU64,
+}
+
+/// A copy of [`Counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpcCounts {
+    /// Frames over `ipc_max_message_bytes`, skipped unread.
+    pub oversize_frames: u64,
+    /// Requests the host sent to the daemon or an editor.
+    pub host_requests: u64,
+    /// Of those, refused at once because the host's queue was full.
+    pub host_requests_refused: u64,
+    /// `-partial` replies not forwarded (the requesting client was too far behind).
+    pub partials_dropped: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> IpcCounts {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IpcCounts {
+            oversize_frames: get(&self.oversize_frames),
+            host_requests: get(&self.host_requests),
+            host_requests_refused: get(&self.host_requests_refused),
+            partials_dropped: get(&self.partials_dropped),
+        }
+    }
+
+    /// A host request was refused because its queue was full.
+    pub fn refused(&self) {
+        self.host_requests_refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Where host-originated requests go.
 pub trait HostRequests: Send + Sync + 'static {
     fn on_request(&self, extension_id: &str, msg: Message, reply: Replier);
 }
+
+/// Receives a relayed request's `-partial` payloads; returns `false` when
+/// it had to drop one.
+pub type PartialSink = Box<dyn Fn(Box<RawValue>) -> bool + Send + Sync>;
 
 /// One direction of a channel, writable by many tasks.
 struct Conn {
@@ -79,6 +142,13 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(writer: WriteHalf<Stream>, max_frame: usize) -> Arc<Conn> {
+        Arc::new(Conn {
+            writer: tokio::sync::Mutex::new(writer),
+            max_frame,
+        })
+    }
+
     async fn send(&self, msg: &Message) -> Result<(), RelayError> {
         let bytes =
             frame::encode(msg, self.max_frame).map_err(|e| RelayError::Encode(e.to_string()))?;
@@ -101,18 +171,34 @@ impl Replier {
     }
 }
 
-type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Message, RelayError>>>>;
+struct PendingRelay {
+    done: oneshot::Sender<Result<Message, RelayError>>,
+    partial: Option<PartialSink>,
+}
+
+/// The two halves of the handshake.
+#[derive(Default)]
+struct Link {
+    /// The connection to the host's socket, once made.
+    out: Option<Arc<Conn>>,
+    /// The host said `extension-host-ready`.
+    said_ready: bool,
+}
 
 struct Shared {
     extension_id: Arc<str>,
-    out: Mutex<Option<Arc<Conn>>>,
-    pending: Pending,
+    config: SessionConfig,
+    link: Mutex<Link>,
+    /// Both halves stand: requests may be relayed.
+    ready: AtomicBool,
+    pending: Mutex<HashMap<String, PendingRelay>>,
     next_id: AtomicU64,
     /// Why the session ended, once it has.
     closed: watch::Sender<Option<String>>,
     reported: AtomicBool,
     events: mpsc::Sender<(u64, SessionEvent)>,
     generation: u64,
+    counters: Arc<Counters>,
 }
 
 impl Shared {
@@ -120,6 +206,14 @@ impl Shared {
         if matches!(ev, SessionEvent::Ready) || !self.reported.swap(true, Ordering::SeqCst) {
             let _ = self.events.try_send((self.generation, ev));
         }
+    }
+
+    fn link(&self) -> std::sync::MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingRelay>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Close the session: every pending request fails at once.
@@ -132,32 +226,51 @@ impl Shared {
                 false
             }
         });
-        self.out.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let pending: Vec<_> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        for (_, tx) in pending {
-            let _ = tx.send(Err(RelayError::Closed(reason.to_string())));
+        self.ready.store(false, Ordering::SeqCst);
+        self.link().out.take();
+        let pending: Vec<_> = self.pending().drain().collect();
+        for (_, p) in pending {
+            let _ = p.done.send(Err(RelayError::Closed(reason.to_string())));
         }
     }
 
     fn route_reply(&self, msg: Message) {
-        let tx = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(msg.id_key());
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(Ok(msg));
+        match self.pending().remove(msg.id_key()) {
+            Some(p) => {
+                let _ = p.done.send(Ok(msg));
             }
             None => {
                 tracing::debug!(extension_id = %self.extension_id, id = msg.id_key(), kind = %msg.kind, "reply to no pending request")
             }
         }
+    }
+
+    /// A `<type>-partial`: to the waiting requester's sink, if it has one.
+    fn route_partial(&self, msg: Message) {
+        let pending = self.pending();
+        let delivered = match pending.get(msg.id_key()) {
+            Some(PendingRelay {
+                partial: Some(sink),
+                ..
+            }) => sink(msg.payload),
+            Some(_) => true,
+            None => {
+                tracing::debug!(extension_id = %self.extension_id, id = msg.id_key(), kind = %msg.kind, "partial for no pending request");
+                true
+            }
+        };
+        if !delivered {
+            self.counters
+                .partials_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn skipped(&self, len: usize) {
+        self.counters
+            .oversize_frames
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(extension_id = %self.extension_id, bytes = len, max = self.config.max_frame, "skipped an IPC frame over the size limit");
     }
 }
 
@@ -169,23 +282,17 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     pub fn is_ready(&self) -> bool {
-        self.shared
-            .out
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.shared.ready.load(Ordering::SeqCst)
     }
 
     fn out(&self) -> Result<Arc<Conn>, RelayError> {
         if let Some(reason) = self.shared.closed.borrow().clone() {
             return Err(RelayError::Closed(reason));
         }
-        self.shared
-            .out
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(RelayError::NotReady)
+        if !self.is_ready() {
+            return Err(RelayError::NotReady);
+        }
+        self.shared.link().out.clone().ok_or(RelayError::NotReady)
     }
 
     fn new_id(&self) -> Box<RawValue> {
@@ -193,12 +300,32 @@ impl SessionHandle {
         RawValue::from_string(format!("\"hostd_{n}\"")).expect("JSON string")
     }
 
+    /// One half of the handshake is done: report ready once both are.
+    fn handshake(&self, f: impl FnOnce(&mut Link)) {
+        let both = {
+            let mut link = self.shared.link();
+            f(&mut link);
+            link.out.is_some() && link.said_ready
+        };
+        if both
+            && self.shared.closed.borrow().is_none()
+            && !self.shared.ready.swap(true, Ordering::SeqCst)
+        {
+            if !self.shared.config.heartbeat_interval.is_zero() {
+                tokio::spawn(heartbeat(self.clone()));
+            }
+            self.shared.report(SessionEvent::Ready);
+        }
+    }
+
     /// Send a request and wait for its reply: the payload of `<type>-response`.
+    /// `<type>-partial` payloads before it go to `partial`, if given.
     pub async fn request(
         &self,
         kind: &str,
         payload: Box<RawValue>,
         timeout: Duration,
+        partial: Option<PartialSink>,
     ) -> Result<Box<RawValue>, RelayError> {
         let conn = self.out()?;
         let msg = Message {
@@ -209,16 +336,10 @@ impl SessionHandle {
         let key = msg.id_key().to_string();
         let (tx, rx) = oneshot::channel();
         self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), tx);
+            .pending()
+            .insert(key.clone(), PendingRelay { done: tx, partial });
         let forget = || {
-            self.shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
+            self.shared.pending().remove(&key);
         };
         // The timeout covers the write too: a host that stopped reading
         // (full socket buffer) must time out, not block its caller forever.
@@ -293,7 +414,7 @@ pub struct Prepared {
 impl Prepared {
     /// The host was spawned as the leader of group `pgid`: refuse
     /// connections from processes outside it (another host of the same
-    /// user racing it to its socket).
+    /// user racing it to its socket), on both sockets.
     pub fn expect_group(&mut self, pgid: i32) {
         self.host_group = Some(pgid);
     }
@@ -309,62 +430,75 @@ pub fn prepare(incoming: &Path, host: &Path) -> std::io::Result<Prepared> {
     })
 }
 
-/// Start the session of host process `generation`: wait for it to connect
-/// and say it is ready, connect back, relay, and send heartbeats.
-pub fn start(
-    prepared: Prepared,
-    config: SessionConfig,
-    extension_id: Arc<str>,
-    generation: u64,
-    events: mpsc::Sender<(u64, SessionEvent)>,
-    requests: Arc<dyn HostRequests>,
-) -> SessionHandle {
+/// What a session is made of besides its sockets.
+pub struct SessionParts {
+    pub config: SessionConfig,
+    pub extension_id: Arc<str>,
+    /// The host process's generation; events carry it.
+    pub generation: u64,
+    pub events: mpsc::Sender<(u64, SessionEvent)>,
+    pub requests: Arc<dyn HostRequests>,
+    pub counters: Arc<Counters>,
+}
+
+/// Start the session of one host process: accept its connection and
+/// connect to its socket at once, answer its ready request, relay, and send
+/// heartbeats once ready.
+pub fn start(prepared: Prepared, parts: SessionParts) -> SessionHandle {
     let shared = Arc::new(Shared {
-        extension_id,
-        out: Mutex::new(None),
+        extension_id: parts.extension_id,
+        config: parts.config,
+        link: Mutex::new(Link::default()),
+        ready: AtomicBool::new(false),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         closed: watch::Sender::new(None),
         reported: AtomicBool::new(false),
-        events,
-        generation,
+        events: parts.events,
+        generation: parts.generation,
+        counters: parts.counters,
     });
-    let handle = SessionHandle {
-        shared: shared.clone(),
-    };
-    tokio::spawn(run(prepared, config, handle.clone(), requests));
+    let handle = SessionHandle { shared };
+    tokio::spawn(connect_to_host(
+        prepared.host.clone(),
+        prepared.host_group,
+        handle.clone(),
+        parts.requests.clone(),
+    ));
+    tokio::spawn(accept_host(prepared, handle.clone(), parts.requests));
     handle
 }
 
-async fn run(
-    prepared: Prepared,
-    config: SessionConfig,
-    handle: SessionHandle,
-    requests: Arc<dyn HostRequests>,
-) {
-    let host_group = prepared.host_group;
+/// Whether a peer may speak for the host: same user, and in the host's
+/// process group once that is known.
+fn trusted(peer: transport::Peer, host_group: Option<i32>) -> Result<(), String> {
+    if !peer.same_user {
+        return Err("from another user".into());
+    }
+    match (peer.pid, host_group) {
+        (Some(pid), Some(g)) if !transport::in_group(pid, g) => {
+            Err(format!("from pid {pid}, outside the host's process group"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The incoming half: the host's one connection to the daemon's socket.
+async fn accept_host(prepared: Prepared, handle: SessionHandle, requests: Arc<dyn HostRequests>) {
     let shared = handle.shared.clone();
     let id = shared.extension_id.clone();
-    // The host's one connection to us.
     let stream = loop {
-        if shared.closed.borrow().is_some() {
-            return;
-        }
         let accepted = tokio::select! {
             a = prepared.listener.accept() => a,
             () = closed(&shared) => return,
         };
         match accepted {
-            Ok((_, peer)) if !peer.same_user => {
-                tracing::warn!(extension_id = %id, "refused an IPC connection from another user")
-            }
-            // Another host (same user) must not take this host's channel.
-            Ok((_, transport::Peer { pid: Some(pid), .. }))
-                if host_group.is_some_and(|g| !transport::in_group(pid, g)) =>
-            {
-                tracing::warn!(extension_id = %id, peer_pid = pid, "refused an IPC connection from a process outside the host's process group")
-            }
-            Ok((s, _)) => break s,
+            Ok((s, peer)) => match trusted(peer, prepared.host_group) {
+                Ok(()) => break s,
+                Err(why) => {
+                    tracing::warn!(extension_id = %id, "refused an IPC connection {why}")
+                }
+            },
             Err(e) => {
                 tracing::warn!(extension_id = %id, error = %e, "IPC accept failed");
                 return;
@@ -373,69 +507,111 @@ async fn run(
     };
     prepared.listener.close();
     let (read, write) = tokio::io::split(stream);
-    let incoming = Arc::new(Conn {
-        writer: tokio::sync::Mutex::new(write),
-        max_frame: config.max_frame,
-    });
-    let mut frames = FramedRead::new(read, FrameCodec::new(config.max_frame));
+    let conn = Conn::new(write, shared.config.max_frame);
+    read_frames(read, conn, handle, requests).await;
+}
+
+/// The outgoing half: connect to the host's socket, retrying (with a short
+/// doubling pause) while it does not exist or is not listening yet.
+async fn connect_to_host(
+    path: PathBuf,
+    host_group: Option<i32>,
+    handle: SessionHandle,
+    requests: Arc<dyn HostRequests>,
+) {
+    let shared = handle.shared.clone();
+    let mut pause = CONNECT_RETRY_FIRST;
+    let started = tokio::time::Instant::now();
+    let stream = loop {
+        let attempt = tokio::select! {
+            r = transport::connect(&path) => r,
+            () = closed(&shared) => return,
+        };
+        if let Ok((s, peer)) = attempt {
+            match trusted(peer, host_group) {
+                Ok(()) => break s,
+                Err(why) => {
+                    tracing::warn!(extension_id = %shared.extension_id, "refused the host's socket: it is served {why}")
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = closed(&shared) => return,
+        }
+        pause = if started.elapsed() < CONNECT_FAST_FOR {
+            (pause * 2).min(CONNECT_RETRY_FAST)
+        } else {
+            CONNECT_RETRY_SLOW
+        };
+    };
+    let (read, write) = tokio::io::split(stream);
+    let conn = Conn::new(write, shared.config.max_frame);
+    handle.handshake(|link| link.out = Some(conn.clone()));
+    read_frames(read, conn, handle, requests).await;
+}
+
+/// Read one connection's frames until it ends; either connection may carry
+/// replies, partials and host requests.
+async fn read_frames(
+    read: tokio::io::ReadHalf<Stream>,
+    conn: Arc<Conn>,
+    handle: SessionHandle,
+    requests: Arc<dyn HostRequests>,
+) {
+    let shared = handle.shared.clone();
+    let mut frames = FramedRead::new(read, FrameCodec::new(shared.config.max_frame));
     loop {
         let next = tokio::select! {
             f = frames.next() => f,
             () = closed(&shared) => return,
         };
         match next {
-            Some(Ok(msg)) if msg.kind == "extension-host-ready" => {
-                if handle.is_ready() {
-                    continue;
-                }
-                match connect_back(&prepared.host).await {
-                    Ok(out) => {
-                        let (r, w) = tokio::io::split(out);
-                        let conn = Arc::new(Conn {
-                            writer: tokio::sync::Mutex::new(w),
-                            max_frame: config.max_frame,
-                        });
-                        *shared.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-                        tokio::spawn(read_outgoing(
-                            r,
-                            conn,
-                            handle.clone(),
-                            config,
-                            requests.clone(),
-                        ));
-                        if !config.heartbeat_interval.is_zero() {
-                            tokio::spawn(heartbeat(handle.clone(), config));
-                        }
-                        shared.report(SessionEvent::Ready);
-                    }
-                    Err(e) => {
-                        let reason = format!(
-                            "cannot connect to the host's socket {}: {e}",
-                            prepared.host.display()
-                        );
-                        fail(&shared, &reason);
-                        return;
-                    }
-                }
-            }
-            Some(Ok(msg)) if msg.reply_to().is_some() => shared.route_reply(msg),
-            Some(Ok(msg)) => requests.on_request(
-                &id,
-                msg,
-                Replier {
-                    conn: incoming.clone(),
-                },
-            ),
+            Some(Ok(Frame::Skipped(len))) => shared.skipped(len),
+            Some(Ok(Frame::Message(msg))) => dispatch(&handle, msg, &conn, &requests),
             Some(Err(e)) => {
                 fail(&shared, &format!("malformed IPC frame: {e}"));
                 return;
             }
             None => {
-                shared.close("the host closed its channel");
-                shared.report(SessionEvent::Closed);
+                if shared.closed.borrow().is_none() {
+                    shared.close("the host closed its channel");
+                    shared.report(SessionEvent::Closed);
+                }
                 return;
             }
         }
+    }
+}
+
+fn dispatch(
+    handle: &SessionHandle,
+    msg: Message,
+    conn: &Arc<Conn>,
+    requests: &Arc<dyn HostRequests>,
+) {
+    let shared = &handle.shared;
+    if msg.reply_to().is_some() {
+        shared.route_reply(msg);
+    } else if msg.kind.ends_with("-partial") {
+        shared.route_partial(msg);
+    } else if msg.kind == READY {
+        // Answered at once: the real host waits for this reply (30 s
+        // without it) before it loads its extensions.
+        let reply = Message {
+            id: msg.id,
+            kind: format!("{READY}-response"),
+            payload: RawValue::from_string(r#"{"success":true}"#.into()).expect("JSON"),
+        };
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.send(&reply).await });
+        handle.handshake(|link| link.said_ready = true);
+    } else {
+        shared
+            .counters
+            .host_requests
+            .fetch_add(1, Ordering::Relaxed);
+        requests.on_request(&shared.extension_id, msg, Replier { conn: conn.clone() });
     }
 }
 
@@ -451,56 +627,17 @@ fn fail(shared: &Shared, reason: &str) {
     shared.report(SessionEvent::Failed(reason.to_string()));
 }
 
-/// Connect to the host's socket, retrying with a bounded backoff (the host
-/// may announce readiness a moment before its listener accepts).
-async fn connect_back(path: &Path) -> std::io::Result<Stream> {
-    let mut last = None;
-    for attempt in 1..=10u64 {
-        match transport::connect(path).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
-    }
-    Err(last.expect("at least one attempt"))
-}
-
-async fn read_outgoing(
-    read: tokio::io::ReadHalf<Stream>,
-    conn: Arc<Conn>,
-    handle: SessionHandle,
-    config: SessionConfig,
-    requests: Arc<dyn HostRequests>,
-) {
-    let shared = handle.shared.clone();
-    let mut frames = FramedRead::new(read, FrameCodec::new(config.max_frame));
-    while let Some(next) = frames.next().await {
-        match next {
-            Ok(msg) if msg.reply_to().is_some() => shared.route_reply(msg),
-            Ok(msg) => {
-                requests.on_request(&shared.extension_id, msg, Replier { conn: conn.clone() })
-            }
-            Err(e) => {
-                fail(&shared, &format!("malformed IPC frame: {e}"));
-                return;
-            }
-        }
-    }
-    if shared.closed.borrow().is_none() {
-        shared.close("the host closed its channel");
-        shared.report(SessionEvent::Closed);
-    }
-}
-
-async fn heartbeat(handle: SessionHandle, config: SessionConfig) {
+async fn heartbeat(handle: SessionHandle) {
+    let config = handle.shared.config;
     let empty = || RawValue::from_string("{}".into()).expect("JSON");
     loop {
         tokio::time::sleep(config.heartbeat_interval).await;
         match handle
-            .request("ping", empty(), config.heartbeat_timeout)
+            .request("ping", empty(), config.heartbeat_timeout, None)
             .await
         {
-            // Any reply proves liveness, a `ping-error` included.
+            // Any reply proves liveness, a `ping-error` included (the real
+            // host has no `ping` handler).
             Ok(_) | Err(RelayError::Host { .. }) => {}
             Err(RelayError::Timeout(ms)) => {
                 fail(&handle.shared, &format!("unresponsive for {ms} ms"));

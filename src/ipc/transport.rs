@@ -112,22 +112,28 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// Who is at the other end of a Unix socket connection.
+#[cfg(unix)]
+fn peer_of(s: &Stream) -> Peer {
+    match s.peer_cred() {
+        Ok(c) => Peer {
+            same_user: c.uid() == nix::unistd::geteuid().as_raw(),
+            pid: c.pid(),
+        },
+        Err(_) => Peer {
+            same_user: false,
+            pid: None,
+        },
+    }
+}
+
 impl Listener {
     /// The next connection, and who made it.
     pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
         #[cfg(unix)]
         {
             let (s, _) = self.inner.accept().await?;
-            let peer = match s.peer_cred() {
-                Ok(c) => Peer {
-                    same_user: c.uid() == nix::unistd::geteuid().as_raw(),
-                    pid: c.pid(),
-                },
-                Err(_) => Peer {
-                    same_user: false,
-                    pid: None,
-                },
-            };
+            let peer = peer_of(&s);
             Ok((s, peer))
         }
         #[cfg(windows)]
@@ -171,17 +177,27 @@ pub fn in_group(pid: i32, pgid: i32) -> bool {
     }
 }
 
-/// Connect to the socket (or pipe) the host listens on.
-pub async fn connect(path: &Path) -> io::Result<Stream> {
+/// Connect to the socket (or pipe) the host listens on, and say who serves
+/// it (on Unix, the process that made the listening socket).
+pub async fn connect(path: &Path) -> io::Result<(Stream, Peer)> {
     #[cfg(unix)]
     {
-        tokio::net::UnixStream::connect(path).await
+        let s = tokio::net::UnixStream::connect(path).await?;
+        let peer = peer_of(&s);
+        Ok((s, peer))
     }
     #[cfg(windows)]
     {
         use interprocess::local_socket::traits::tokio::Stream as _;
         use interprocess::local_socket::{GenericFilePath, ToFsName};
-        Stream::connect(path.to_fs_name::<GenericFilePath>()?).await
+        let s = Stream::connect(path.to_fs_name::<GenericFilePath>()?).await?;
+        Ok((
+            s,
+            Peer {
+                same_user: true,
+                pid: None,
+            },
+        ))
     }
 }
 

@@ -32,6 +32,9 @@ pub const SUBSCRIBE_LOGS: &str = "host.subscribeLogs";
 pub const SUBSCRIBE_MESSAGES: &str = "host.subscribeMessages";
 pub const MESSAGE: &str = "host.message";
 pub const LOG: &str = "host.log";
+/// A relayed request and the notification of its `-partial` replies.
+pub const REQUEST: &str = "host.request";
+pub const PARTIAL: &str = "host.partial";
 
 /// Facts about this daemon for `daemon.info`.
 #[derive(Debug, Clone)]
@@ -210,6 +213,11 @@ fn start_request(p: params::StartParams) -> StartRequest {
         heartbeat_timeout: ms(p.heartbeat_timeout_ms),
         memory_max: p.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
         cpu_max_percent: p.cpu_max_percent,
+        extensions_dir: p.extensions_dir,
+        storage_dir: p.storage_dir,
+        writable_paths: p.writable_paths,
+        pass_env: p.pass_env,
+        static_answers: p.static_answers,
     }
 }
 
@@ -296,13 +304,14 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
-    m.register_async_method("host.request", |p, ctx, _| async move {
+    m.register_async_method(REQUEST, |p, ctx, ext| async move {
         let p: params::RelayParams = params::parse(&p)?;
         let timeout =
             Duration::from_millis(p.timeout_ms.unwrap_or(params::REQUEST_TIMEOUT_DEFAULT_MS));
         let payload = p.payload.unwrap_or_else(empty_object);
+        let partial = partial_sink(&ext, &p.extension_id, &p.kind);
         ctx.supervisor
-            .request(&p.extension_id, &p.kind, payload, timeout)
+            .request(&p.extension_id, &p.kind, payload, timeout, partial)
             .await
             .map_err(ErrorObjectOwned::from)
     })
@@ -480,12 +489,17 @@ async fn subscribe_messages(
         Ok(p) => crate::supervisor::messages::filter_of(p.extension_ids),
         Err(e) => return ResponsePayload::error(e),
     };
-    let (attached, rx) = ctx.supervisor.subscribe_messages(filter.clone());
+    let crate::supervisor::messages::Attachment {
+        attached,
+        backlog,
+        rx,
+    } = ctx.supervisor.subscribe_messages(filter.clone());
     subscriptions::start(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
             method: MESSAGE,
-            initial: Vec::new(),
+            // Requests that waited for an editor: this one is the first.
+            initial: backlog,
             rx,
             render: move |m: &HubMessage| {
                 let _keep_attached = &attached;
@@ -494,6 +508,43 @@ async fn subscribe_messages(
             lagged: |missed| subscriptions::to_raw(&json!({ "lagged": missed })),
         },
     )
+}
+
+/// Forwards a relayed request's `<type>-partial` replies to the calling
+/// connection as `host.partial` notifications (dropped, and counted, when
+/// that connection's queue is full: the reader must never wait on a client).
+fn partial_sink(
+    ext: &jsonrpsee::Extensions,
+    extension_id: &str,
+    kind: &str,
+) -> Option<crate::ipc::PartialSink> {
+    let conn = ext.get::<Arc<Connection>>()?.clone();
+    let call = ext.get::<super::transport::CallId>()?.0.clone();
+    let request_id = serde_json::value::to_raw_value(&call).ok()?;
+    let extension_id = extension_id.to_string();
+    let kind = format!("{kind}-partial");
+    Some(Box::new(move |payload| {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Partial<'a> {
+            request_id: &'a serde_json::value::RawValue,
+            extension_id: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            payload: &'a serde_json::value::RawValue,
+        }
+        let note = subscriptions::to_raw(&json!({
+            "jsonrpc": "2.0",
+            "method": PARTIAL,
+            "params": Partial {
+                request_id: &request_id,
+                extension_id: &extension_id,
+                kind: &kind,
+                payload: &payload,
+            },
+        }));
+        conn.try_send(note)
+    }))
 }
 
 fn empty_object() -> Box<serde_json::value::RawValue> {

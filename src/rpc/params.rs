@@ -63,7 +63,7 @@ pub struct RestartParams {
 }
 
 /// `host.start`'s params. Also what the Rust client sends.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StartParams {
     pub extension_id: String,
@@ -96,6 +96,22 @@ pub struct StartParams {
     /// `sandbox.cpu_max_percent`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_max_percent: Option<u32>,
+    /// The daemon answers the host's `get-extensions-dir` with this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extensions_dir: Option<PathBuf>,
+    /// Root of the directories `get-extension-storage` answers with
+    /// (default: the host's private storage directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_dir: Option<PathBuf>,
+    /// Directories this host may write besides its own (sandbox).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writable_paths: Option<Vec<PathBuf>>,
+    /// Variables of the daemon's environment passed through by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_env: Option<Vec<String>>,
+    /// Payloads the daemon answers host requests with, by message type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// `host.request` / `host.send`.

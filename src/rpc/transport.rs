@@ -55,6 +55,10 @@ pub struct Connection {
     subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
 }
 
+/// The JSON-RPC id of the call being served (given to `host.request`).
+#[derive(Debug, Clone)]
+pub struct CallId(pub Id<'static>);
+
 /// Subscription ids are unique daemon-wide.
 static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
 
@@ -69,6 +73,12 @@ impl Connection {
     /// Queue a message; fails once the connection is gone.
     pub async fn send(&self, msg: Box<RawValue>) -> Result<(), ()> {
         self.out.send(msg).await.map_err(|_| ())
+    }
+
+    /// Queue a message if there is room now; `false` if it was dropped
+    /// (the queue is full or the connection gone).
+    pub fn try_send(&self, msg: Box<RawValue>) -> bool {
+        self.out.try_send(msg).is_ok()
     }
 
     /// Resolves when the connection's writer has gone away.
@@ -374,8 +384,12 @@ impl Dispatcher {
         };
         let mut ext = Extensions::new();
         if call.method.starts_with("host.subscribe") || call.method == super::methods::UNSUBSCRIBE {
-            // Only subscriptions need the connection (and the allocation).
+            // Only subscriptions need the connection (and the allocation)…
             ext.insert(self.conn.clone());
+        } else if call.method == super::methods::REQUEST {
+            // …and relays, for `host.partial` notifications about this call.
+            ext.insert(self.conn.clone());
+            ext.insert(CallId(id.clone()));
         }
         Some(match cb {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),

@@ -15,6 +15,7 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::budget::{AfterFailure, Budget, Event as BudgetEvent};
 use super::events::EventBus;
 use super::logs::{LogLine, LogRing, SharedLogRing, Stream};
 use super::messages::MessageHub;
@@ -22,7 +23,7 @@ use super::{
     HostSpec, HostStatus, LastExit, Registry, RestartBudget, StartRequest, SupervisorConfig,
     SupervisorError, build_spec,
 };
-use crate::ipc::{self, SessionConfig, SessionEvent, SessionHandle};
+use crate::ipc::{self, SessionConfig, SessionEvent, SessionHandle, SessionParts};
 use crate::spawn::SpawnError;
 use crate::spawn::{self, ExitOutcome, LaunchSpec, StopSignal};
 use crate::state::{self, HostState, Input};
@@ -62,6 +63,8 @@ pub struct HostHandle {
     logs: SharedLogRing,
     /// The current process's IPC session, for relaying without the actor.
     session: Arc<Mutex<Option<SessionHandle>>>,
+    /// What the host's IPC channels have seen, over all its processes.
+    counters: Arc<ipc::Counters>,
     /// Distinguishes this actor from a later one with the same id.
     pub instance: u64,
 }
@@ -102,6 +105,10 @@ impl HostHandle {
 
     pub async fn usage(&self) -> Option<Result<Option<spawn::GroupUsage>, SupervisorError>> {
         self.ask(Command::Usage).await
+    }
+
+    pub fn ipc_counts(&self) -> ipc::IpcCounts {
+        self.counters.snapshot()
     }
 
     pub fn logs(&self, n: usize) -> Vec<LogLine> {
@@ -148,10 +155,12 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let logs = Arc::new(Mutex::new(LogRing::new(parts.config.borrow().log_lines)));
     let session = Arc::new(Mutex::new(None));
+    let counters = Arc::new(ipc::Counters::default());
     let handle = HostHandle {
         tx,
         logs: logs.clone(),
         session: session.clone(),
+        counters: counters.clone(),
         instance: parts.instance,
     };
     let (ipc_tx, ipc_rx) = mpsc::channel(8);
@@ -170,6 +179,8 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         logs,
         session_slot: session,
         session: None,
+        counters,
+        failure: None,
         ipc_tx,
         ipc_rx,
         ready_at: None,
@@ -182,7 +193,6 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         child: None,
         pid: None,
         group: None,
-        #[cfg(target_os = "linux")]
         #[cfg(target_os = "linux")]
         cgroup: None,
         #[cfg(target_os = "linux")]
@@ -234,6 +244,10 @@ struct HostActor {
     /// Shared with the handle so requests bypass the actor.
     session_slot: Arc<Mutex<Option<SessionHandle>>>,
     session: Option<SessionHandle>,
+    counters: Arc<ipc::Counters>,
+    /// Why the current process was judged failed (not ready, unresponsive,
+    /// bad frame), for the reason of what follows its exit.
+    failure: Option<String>,
     /// Sessions report here, tagged with their process generation.
     ipc_tx: mpsc::Sender<(u64, SessionEvent)>,
     ipc_rx: mpsc::Receiver<(u64, SessionEvent)>,
@@ -526,7 +540,10 @@ impl HostActor {
                 }
                 self.group = Some(s.group);
                 self.started = Some((SystemTime::now(), Instant::now()));
-                self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
+                self.failure = None;
+                self.stable_at =
+                    Budget::arms_stable_timer(BudgetEvent::Spawned, self.ready_required())
+                        .then(|| Instant::now() + self.spec.restart.stable_after);
                 let max = config.log_line_bytes;
                 if let Some(out) = s.child.stdout.take() {
                     tokio::spawn(super::logs::pump(
@@ -548,17 +565,27 @@ impl HostActor {
                 }
                 self.child = Some(s.child);
                 let ipc = self.spec.ipc;
+                let answers = super::answers::LocalAnswers {
+                    hub: self.messages.clone(),
+                    counters: self.counters.clone(),
+                    extensions_dir: self.spec.extensions_dir.clone(),
+                    storage_dir: self.spec.storage_root(&self.id, &config),
+                    statics: self.spec.static_answers(&config),
+                };
                 let session = ipc::start(
                     prepared,
-                    SessionConfig {
-                        max_frame: ipc.max_frame,
-                        heartbeat_interval: ipc.heartbeat_interval,
-                        heartbeat_timeout: ipc.heartbeat_timeout,
+                    SessionParts {
+                        config: SessionConfig {
+                            max_frame: ipc.max_frame,
+                            heartbeat_interval: ipc.heartbeat_interval,
+                            heartbeat_timeout: ipc.heartbeat_timeout,
+                        },
+                        extension_id: self.id.clone(),
+                        generation: self.generation,
+                        events: self.ipc_tx.clone(),
+                        requests: Arc::new(answers),
+                        counters: self.counters.clone(),
                     },
-                    self.id.clone(),
-                    self.generation,
-                    self.ipc_tx.clone(),
-                    self.messages.clone(),
                 );
                 self.set_session(Some(session));
                 self.ready_at = None;
@@ -625,21 +652,29 @@ impl HostActor {
             }
         }
         let policy = self.spec.restart;
-        if self.attempts_used < policy.max_attempts {
-            let delay = policy.backoff_for(self.attempts_used);
-            self.attempts_used += 1;
-            self.restart_at = Some((Instant::now() + delay, SystemTime::now() + delay));
-            self.apply(
-                Input::RetryWithinBudget,
-                format!(
-                    "restarting in {} ms (attempt {} of {})",
-                    crate::time::millis(delay),
-                    self.attempts_used,
-                    policy.max_attempts
-                ),
-            );
-        } else {
-            self.apply(Input::BudgetExhausted, "restart budget exhausted");
+        let cause = self.failure.take().unwrap_or_else(|| outcome.to_string());
+        let mut budget = self.budget();
+        match budget.on_failure() {
+            AfterFailure::Restart { attempt } => {
+                self.attempts_used = budget.used;
+                let delay = policy.backoff_for(attempt);
+                self.restart_at = Some((Instant::now() + delay, SystemTime::now() + delay));
+                self.apply(
+                    Input::RetryWithinBudget,
+                    format!(
+                        "restarting in {} ms (attempt {} of {})",
+                        crate::time::millis(delay),
+                        budget.used,
+                        policy.max_attempts
+                    ),
+                );
+            }
+            AfterFailure::Exhausted => {
+                self.apply(
+                    Input::BudgetExhausted,
+                    format!("restart budget exhausted: {cause}"),
+                );
+            }
         }
     }
 
@@ -657,11 +692,25 @@ impl HostActor {
 
     fn on_stable(&mut self) {
         self.stable_at = None;
-        if self.state == HostState::Running && self.attempts_used > 0 {
+        let mut budget = self.budget();
+        if self.state == HostState::Running && budget.on_stable() {
             tracing::info!(extension_id = %self.id, "running stably; restart budget restored");
-            self.attempts_used = 0;
+            self.attempts_used = budget.used;
             self.bus.set_status(self.status());
         }
+    }
+
+    fn budget(&self) -> Budget {
+        Budget {
+            max: self.spec.restart.max_attempts,
+            used: self.attempts_used,
+        }
+    }
+
+    /// The daemon waits for this host's IPC handshake (and only counts it
+    /// stable once ready).
+    fn ready_required(&self) -> bool {
+        !self.spec.ipc.ready_timeout.is_zero()
     }
 
     async fn request_stop(&mut self, timeout: Option<Duration>, reply: Reply<HostStatus>) {
@@ -893,6 +942,9 @@ impl HostActor {
             SessionEvent::Ready => {
                 self.ready_at = Some(SystemTime::now());
                 self.ready_deadline = None;
+                if Budget::arms_stable_timer(BudgetEvent::Ready, self.ready_required()) {
+                    self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
+                }
                 tracing::info!(extension_id = %self.id, "ready");
                 self.bus.ready(self.status());
             }
@@ -913,6 +965,7 @@ impl HostActor {
             return;
         }
         tracing::warn!(extension_id = %self.id, %reason, "host failed; killing it");
+        self.failure = Some(reason.to_string());
         self.end_session(reason);
         self.stable_at = None;
         self.apply(Input::Failed, reason);
@@ -1009,6 +1062,12 @@ fn launch_spec(
     node: std::path::PathBuf,
 ) -> LaunchSpec {
     let mut env: BTreeMap<OsString, OsString> = config.base_env.clone();
+    // Named explicitly by whoever started the host: past the allowlist.
+    for name in &spec.pass_env {
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.into(), v);
+        }
+    }
     for (k, v) in &spec.env {
         env.insert(k.into(), v.into());
     }
@@ -1041,6 +1100,10 @@ fn launch_spec(
         }
         if let Some(own) = outgoing.parent() {
             policy.writable.push(own.to_path_buf());
+        }
+        policy.writable.extend(spec.writable_paths.iter().cloned());
+        if let Some(storage) = &spec.storage_dir {
+            policy.writable.push(storage.clone());
         }
         policy
             .hidden

@@ -6,6 +6,8 @@
 //! are read from the bus, so they never wait behind a host that is stopping or
 //! backing off.
 
+pub mod answers;
+pub mod budget;
 pub mod events;
 pub mod host;
 pub mod logs;
@@ -118,9 +120,39 @@ pub struct HostSpec {
     /// This host's CPU limit, percent of one CPU; `None` takes the daemon's
     /// `sandbox.cpu_max_percent`.
     pub cpu_max_percent: Option<u32>,
+    /// What the host's extensions live in (canonical): the daemon answers
+    /// `get-extensions-dir` with it.
+    pub extensions_dir: Option<PathBuf>,
+    /// Root of `get-extension-storage`'s directories; `None`: the host's
+    /// private `<state>/hosts/<id>/storage`.
+    pub storage_dir: Option<PathBuf>,
+    /// Directories this host may write besides its own (sandbox).
+    pub writable_paths: Vec<PathBuf>,
+    /// Variables of the daemon's environment passed through by name.
+    pub pass_env: Vec<String>,
+    /// Payloads (compact JSON) the daemon answers host requests with, by
+    /// type; on top of the daemon-wide `static_answers`.
+    pub static_answers: BTreeMap<String, String>,
 }
 
 impl HostSpec {
+    /// Where `get-extension-storage` makes its directories, if anywhere.
+    pub fn storage_root(&self, id: &str, config: &SupervisorConfig) -> Option<PathBuf> {
+        self.storage_dir.clone().or_else(|| {
+            config
+                .state_dir
+                .as_ref()
+                .map(|s| s.join("hosts").join(id).join("storage"))
+        })
+    }
+
+    /// The daemon's static answers with this host's on top.
+    pub fn static_answers(&self, config: &SupervisorConfig) -> BTreeMap<String, String> {
+        let mut all = config.static_answers.clone();
+        all.extend(self.static_answers.clone());
+        all
+    }
+
     /// The memory limit its processes get: its own, or the daemon's default.
     pub fn memory_max(&self, config: &SupervisorConfig) -> Option<u64> {
         self.memory_max.or(config.memory_max)
@@ -147,7 +179,7 @@ impl Default for IpcPolicy {
             ready_timeout: Duration::from_millis(60_000),
             heartbeat_interval: Duration::from_millis(5_000),
             heartbeat_timeout: Duration::from_millis(15_000),
-            max_frame: 16 * 1024 * 1024,
+            max_frame: 50 * 1024 * 1024,
         }
     }
 }
@@ -172,6 +204,11 @@ pub struct StartRequest {
     pub memory_max: Option<u64>,
     /// CPU limit, percent of one CPU (cgroup), overriding the daemon's.
     pub cpu_max_percent: Option<u32>,
+    pub extensions_dir: Option<PathBuf>,
+    pub storage_dir: Option<PathBuf>,
+    pub writable_paths: Option<Vec<PathBuf>>,
+    pub pass_env: Option<Vec<String>>,
+    pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// `host.usage`: a host's live resource use.
@@ -183,6 +220,11 @@ pub struct HostUsage {
     pub pid: Option<u32>,
     /// `null` when no process runs.
     pub usage: Option<crate::spawn::GroupUsage>,
+    /// What the host's IPC channels have seen over its life.
+    pub ipc: crate::ipc::IpcCounts,
+    /// Host requests waiting for an editor's answer now, and their bytes.
+    pub waiting_requests: usize,
+    pub waiting_request_bytes: usize,
 }
 
 /// The restart budget as clients see it.
@@ -301,6 +343,10 @@ pub struct SupervisorConfig {
     pub ipc: IpcPolicy,
     pub log_lines: usize,
     pub log_line_bytes: usize,
+    /// Deadline and per-host bounds of host-originated requests.
+    pub host_requests: messages::HubLimits,
+    /// Daemon-wide static answers (compact JSON by message type).
+    pub static_answers: BTreeMap<String, String>,
 }
 
 impl SupervisorConfig {
@@ -336,6 +382,8 @@ impl SupervisorConfig {
             ipc: IpcPolicy::default(),
             log_lines: 1000,
             log_line_bytes: 16 * 1024,
+            host_requests: messages::HubLimits::default(),
+            static_answers: BTreeMap::new(),
         }
     }
 }
@@ -424,6 +472,51 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
     Ok(())
 }
 
+/// An absolute path to an existing directory, canonicalized.
+fn existing_dir(field: &'static str, dir: &Path) -> Result<PathBuf, SupervisorError> {
+    let bad = |reason: String| SupervisorError::InvalidSpec { field, reason };
+    if !dir.is_absolute() {
+        return Err(bad(format!("must be an absolute path: {}", dir.display())));
+    }
+    match std::fs::canonicalize(dir) {
+        Ok(c) if c.is_dir() => Ok(c),
+        Ok(_) => Err(bad(format!("not a directory: {}", dir.display()))),
+        Err(e) => Err(bad(format!("{}: {e}", dir.display()))),
+    }
+}
+
+/// Most static answers one table may hold, and the longest payload.
+pub const STATIC_ANSWERS_MAX: usize = 64;
+pub const STATIC_ANSWER_MAX_BYTES: usize = 64 * 1024;
+
+/// A static-answer table as compact JSON text by type, checked.
+pub fn static_answers(
+    answers: &BTreeMap<String, serde_json::Value>,
+) -> Result<BTreeMap<String, String>, String> {
+    if answers.len() > STATIC_ANSWERS_MAX {
+        return Err(format!("at most {STATIC_ANSWERS_MAX} entries"));
+    }
+    answers
+        .iter()
+        .map(|(kind, v)| {
+            if kind.is_empty() || kind.len() > 256 {
+                return Err(format!("{kind:?}: a type is 1 to 256 characters"));
+            }
+            if kind == crate::ipc::READY || kind.ends_with("-response") || kind.ends_with("-error")
+            {
+                return Err(format!("{kind:?} cannot be answered statically"));
+            }
+            let text = serde_json::to_string(v).map_err(|e| e.to_string())?;
+            if text.len() > STATIC_ANSWER_MAX_BYTES {
+                return Err(format!(
+                    "{kind:?}: payload over {STATIC_ANSWER_MAX_BYTES} bytes"
+                ));
+            }
+            Ok((kind.clone(), text))
+        })
+        .collect()
+}
+
 /// See the module documentation.
 pub struct Supervisor {
     config: watch::Sender<Arc<SupervisorConfig>>,
@@ -476,11 +569,12 @@ impl Registry {
 impl Supervisor {
     pub fn new(config: SupervisorConfig) -> Arc<Self> {
         let (force_kill, _) = watch::channel(false);
+        let hub_limits = config.host_requests;
         Arc::new(Supervisor {
             config: watch::Sender::new(Arc::new(config)),
             spawner: std::sync::OnceLock::new(),
             records: std::sync::OnceLock::new(),
-            messages: messages::MessageHub::new(),
+            messages: messages::MessageHub::new(hub_limits),
             bus: Arc::new(EventBus::new()),
             registry: Arc::new(Registry::default()),
             shutting_down: AtomicBool::new(false),
@@ -496,6 +590,7 @@ impl Supervisor {
     /// New settings for every later start (a config reload). Running hosts
     /// are not touched.
     pub fn reconfigure(&self, config: SupervisorConfig) {
+        self.messages.set_limits(config.host_requests);
         self.config.send_replace(Arc::new(config));
     }
 
@@ -544,6 +639,11 @@ pub fn build_spec(
                 ipc: config.ipc,
                 memory_max: None,
                 cpu_max_percent: None,
+                extensions_dir: None,
+                storage_dir: None,
+                writable_paths: Vec::new(),
+                pass_env: Vec::new(),
+                static_answers: BTreeMap::new(),
             },
             (None, Some(prev)) => prev.clone(),
             (None, None) => {
@@ -591,6 +691,37 @@ pub fn build_spec(
         i.ready_timeout = req.ready_timeout.unwrap_or(i.ready_timeout);
         i.heartbeat_interval = req.heartbeat_interval.unwrap_or(i.heartbeat_interval);
         i.heartbeat_timeout = req.heartbeat_timeout.unwrap_or(i.heartbeat_timeout);
+        if let Some(d) = &req.extensions_dir {
+            spec.extensions_dir = Some(existing_dir("extensionsDir", d)?);
+        }
+        if let Some(d) = &req.storage_dir {
+            spec.storage_dir = Some(existing_dir("storageDir", d)?);
+        }
+        if let Some(paths) = &req.writable_paths {
+            spec.writable_paths = paths
+                .iter()
+                .map(|p| existing_dir("writablePaths", p))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(names) = &req.pass_env {
+            if let Some(bad) = names
+                .iter()
+                .find(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+            {
+                return Err(SupervisorError::InvalidSpec {
+                    field: "passEnv",
+                    reason: format!("{bad:?} is not a variable name"),
+                });
+            }
+            spec.pass_env = names.clone();
+        }
+        if let Some(answers) = &req.static_answers {
+            spec.static_answers =
+                static_answers(answers).map_err(|reason| SupervisorError::InvalidSpec {
+                    field: "staticAnswers",
+                    reason,
+                })?;
+        }
         validate_entry(&spec.entry)?;
         validate_env(&spec.env)?;
         if let Some(cwd) = &spec.cwd
@@ -781,12 +912,17 @@ impl Supervisor {
             .usage()
             .await
             .ok_or_else(|| SupervisorError::UnknownHost(id.into()))??;
+        let handle = self.handle(id)?;
         let status = self.status(id)?;
+        let (waiting_requests, waiting_request_bytes) = self.messages.load(id);
         Ok(HostUsage {
             extension_id: status.extension_id,
             state: status.state,
             pid: status.pid,
             usage,
+            ipc: handle.ipc_counts(),
+            waiting_requests,
+            waiting_request_bytes,
         })
     }
 
@@ -816,6 +952,7 @@ impl Supervisor {
         kind: &str,
         payload: Box<serde_json::value::RawValue>,
         timeout: Duration,
+        partial: Option<crate::ipc::PartialSink>,
     ) -> Result<Box<serde_json::value::RawValue>, SupervisorError> {
         let session = self.handle(id)?.session();
         let relay = |error| SupervisorError::Relay {
@@ -823,7 +960,10 @@ impl Supervisor {
             error,
         };
         let session = session.ok_or_else(|| relay(crate::ipc::RelayError::NotReady))?;
-        session.request(kind, payload, timeout).await.map_err(relay)
+        session
+            .request(kind, payload, timeout, partial)
+            .await
+            .map_err(relay)
     }
 
     /// Send a one-way message to a ready host.
@@ -848,13 +988,7 @@ impl Supervisor {
     }
 
     /// Attach an editor to host-originated requests.
-    pub fn subscribe_messages(
-        &self,
-        filter: Filter,
-    ) -> (
-        messages::Attached,
-        tokio::sync::broadcast::Receiver<Arc<messages::HubMessage>>,
-    ) {
+    pub fn subscribe_messages(&self, filter: Filter) -> messages::Attachment {
         self.messages.attach(filter)
     }
 

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Scenarios: rpc-latency rpc-throughput spawn stop exit-to-event scale idle
-//! fanout relay verify (default: all). Every scenario starts its own real
+//! fanout relay ready verify (default: all). Every scenario starts its own real
 //! daemon (the `dscode-hostd` binary beside this one) on a temp socket. The
 //! figure is the median over `--repeats` runs; the floor is measured the same
 //! way in the same run.
@@ -34,6 +34,7 @@ const ALL: &[&str] = &[
     "idle",
     "fanout",
     "relay",
+    "ready",
     "verify",
 ];
 
@@ -116,6 +117,7 @@ pub fn main() -> anyhow::Result<()> {
             "idle" => idle(&opts),
             "fanout" => fanout(&opts),
             "relay" => relay(&opts),
+            "ready" => ready(&opts),
             "verify" => verify(&opts),
             _ => unreachable!(),
         };
@@ -1015,6 +1017,116 @@ fn relay(o: &Opts) -> anyhow::Result<Vec<Row>> {
             .floor(f)
             .target("≤ 1.5× floor", v <= 1.5 * f)
             .note("floor: a direct length-prefixed round trip to the same host"),
+    ])
+}
+
+/// An extensions directory with one extension, for the real-behaviour host.
+fn extensions_dir() -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let ext = dir.path().join("bench.one-1.0.0");
+    std::fs::create_dir_all(&ext)?;
+    std::fs::write(
+        ext.join("package.json"),
+        r#"{"name":"one","publisher":"bench","version":"1.0.0"}"#,
+    )?;
+    Ok(dir)
+}
+
+/// The floor of one ready handshake: `node real-host.js` spawned bare, with a
+/// backend in this process that binds the incoming socket first, connects to
+/// the host's socket as soon as it accepts (1 ms retries), and answers
+/// `extension-host-ready`. Milliseconds from spawn to both halves done.
+fn bare_ready(node: &Path, entry: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let host = dir.join("host.sock");
+    let incoming = dir.join("daemon.sock");
+    let _ = std::fs::remove_file(&host);
+    let _ = std::fs::remove_file(&incoming);
+    let listener = UnixListener::bind(&incoming)?;
+    let t = Instant::now();
+    let mut child = Command::new(node)
+        .arg(entry)
+        .env("DSCODE_IPC_URL", format!("ipc://{}", host.display()))
+        .env(
+            "DSCODE_INCOMING_IPC_URL",
+            format!("ipc://{}", incoming.display()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let out = loop {
+        match UnixStream::connect(&host) {
+            Ok(s) => break s,
+            Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => bail!("the bare host never listened: {e}"),
+        }
+    };
+    let (mut inc, _) = listener.accept()?;
+    let mut head = [0u8; 4];
+    inc.read_exact(&mut head)?;
+    let mut body = vec![0u8; u32::from_be_bytes(head) as usize];
+    inc.read_exact(&mut body)?;
+    let msg: Value = serde_json::from_slice(&body)?;
+    anyhow::ensure!(msg["type"] == "extension-host-ready", "{msg}");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let reply = json!({"id": msg["id"], "type": "extension-host-ready-response", "payload": {"success": true}}).to_string();
+    inc.write_all(&(reply.len() as u32).to_be_bytes())?;
+    inc.write_all(reply.as_bytes())?;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(out);
+    Ok(ms)
+}
+
+fn ready(o: &Opts) -> anyhow::Result<Vec<Row>> {
+    let n = 50;
+    let node = which::which("node").context("node")?;
+    let entry = fixtures().join("real-host.js");
+    let exts = extensions_dir()?;
+    let d = Daemon::start(
+        "heartbeat_interval_ms = 0
+",
+    )?;
+    let mut c = Conn::open(&d.socket)?;
+    let scratch = tempfile::tempdir()?;
+    let (mut ours, mut floor) = (vec![], vec![]);
+    for _ in 0..o.repeats {
+        for _ in 0..n {
+            floor.push(bare_ready(&node, &entry, scratch.path())?);
+            let t = Instant::now();
+            let st = c.call(
+                "host.start",
+                json!({"extensionId":"main","entry": entry,"extensionsDir": exts.path(),"waitReady":true}),
+            )?;
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(st["ready"] == true, "{st}");
+            c.call("host.stop", json!({"extensionId":"main"}))?;
+        }
+    }
+    ours.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (p50, f50) = (percentile(&ours, 0.5), percentile(&floor, 0.5));
+    let (p99, f99) = (percentile(&ours, 0.99), percentile(&floor, 0.99));
+    Ok(vec![
+        row(
+            "ready",
+            "host.start → ready, real-host fixture p50",
+            p50,
+            "ms",
+        )
+        .floor(f50)
+        .target("≤ 1.2× floor + 3 ms", p50 <= 1.2 * f50 + 3.0)
+        .note("floor: the same script spawned bare, its socket connected to by a raw backend"),
+        row(
+            "ready",
+            "host.start → ready, real-host fixture p99",
+            p99,
+            "ms",
+        )
+        .floor(f99)
+        .note(format!("{} starts of each, interleaved", ours.len())),
     ])
 }
 
