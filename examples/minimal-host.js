@@ -38,19 +38,27 @@ const handlers = {
   ping: () => ({}),
   echo: (payload) => payload,
 };
+// 4. The handshake, in the order DSCode's real host uses (the daemon accepts
+//    the other order too; see proto-docs/ext-host-protocol.md): listen, wait
+//    until the daemon connects to us (it does so right after spawning us),
+//    then connect to the daemon and send `extension-host-ready` as a
+//    request. The daemon answers {"success": true} at once. Requests to the
+//    editor (e.g. window-show-message) go over this connection too; if no
+//    editor is attached yet they wait for one (up to 30 s).
+let daemon = null;
 try { fs.unlinkSync(myPath); } catch (_) {}
-net.createServer((sock) => onMessages(sock, (msg) => {
-  const h = handlers[msg.type];
-  if (!h) return send(sock, { id: msg.id, type: `${msg.type}-error`, payload: { error: `unknown type ${msg.type}` } });
-  Promise.resolve()
-    .then(() => h(msg.payload))
-    .then((result) => send(sock, { id: msg.id, type: `${msg.type}-response`, payload: result }))
-    .catch((e) => send(sock, { id: msg.id, type: `${msg.type}-error`, payload: { error: String(e) } }));
-})).listen(myPath, () => {
-  // 4. Once listening, connect to the daemon and say we are ready. Requests
-  //    to the editor (e.g. window-show-message) go over this connection too.
-  const daemon = net.createConnection(daemonPath, () => {
+net.createServer((sock) => {
+  onMessages(sock, (msg) => {
+    const h = handlers[msg.type];
+    if (!h) return send(sock, { id: msg.id, type: `${msg.type}-error`, payload: { error: `unknown type ${msg.type}` } });
+    Promise.resolve()
+      .then(() => h(msg.payload))
+      .then((result) => send(sock, { id: msg.id, type: `${msg.type}-response`, payload: result }))
+      .catch((e) => send(sock, { id: msg.id, type: `${msg.type}-error`, payload: { error: String(e) } }));
+  });
+  if (daemon) return;
+  daemon = net.createConnection(daemonPath, () => {
     send(daemon, { id: 'ready_1', type: 'extension-host-ready', payload: { ready: true } });
   });
-  onMessages(daemon, (reply) => console.log('editor replied:', reply.type, JSON.stringify(reply.payload)));
-});
+  onMessages(daemon, (reply) => console.log('daemon replied:', reply.type, JSON.stringify(reply.payload)));
+}).listen(myPath);
