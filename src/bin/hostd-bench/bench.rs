@@ -13,6 +13,9 @@
 //!
 //! The daemons log at `error` to the bench's stderr; `HOSTD_BENCH_LOG=info`
 //! (any `RUST_LOG` filter) shows their state changes, for profiling.
+//! `HOSTD_BENCH_CONFIG` is appended to every daemon's config (for example
+//! `HOSTD_BENCH_CONFIG=$'[sandbox]\ncgroup = "off"'`), to see what one
+//! setting costs.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -262,6 +265,9 @@ impl Daemon {
         let mut config = config.to_string();
         if SANDBOX_OFF.load(std::sync::atomic::Ordering::Relaxed) {
             config.push_str("\n[sandbox]\nprofile = \"off\"\ncgroup = \"off\"\n");
+        } else if let Ok(extra) = std::env::var("HOSTD_BENCH_CONFIG") {
+            config.push('\n');
+            config.push_str(&extra);
         }
         std::fs::write(&cfg, config)?;
         let exe = bin_dir().join("dscode-hostd");
@@ -1043,8 +1049,14 @@ fn bare_ready(node: &Path, entry: &Path, dir: &Path) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(&incoming);
     let listener = UnixListener::bind(&incoming)?;
     let t = Instant::now();
+    // The environment a host gets from the daemon's allowlist: inheriting
+    // the bench's whole one would make the floor pay for, say,
+    // NODE_EXTRA_CA_CERTS (+50 ms of CA loading per start here).
+    let keep = dscode_hostd::supervisor::allowed_env(std::env::vars_os(), &[]);
     let mut child = Command::new(node)
         .arg(entry)
+        .env_clear()
+        .envs(keep)
         .env("DSCODE_IPC_URL", format!("ipc://{}", host.display()))
         .env(
             "DSCODE_INCOMING_IPC_URL",
