@@ -6,6 +6,9 @@
 //! 3. cgroup join: not built yet;
 //! 4. `RLIMIT_CORE=0`;
 //! 5. inherited fds: every fd the daemon opens is close-on-exec;
+//! 5b. capabilities: ambient cleared, bounding set emptied, root made
+//!    ordinary (securebits, where the daemon may), then no effective,
+//!    permitted or inheritable capability (every profile);
 //! 6. `NO_NEW_PRIVS`;
 //! 7. Landlock;
 //! 8. seccomp, last.
@@ -154,6 +157,29 @@ pub fn bwrap_path() -> Result<PathBuf, SandboxError> {
     })
 }
 
+/// What the strict profile runs between bwrap and Node when the daemon is
+/// root: bwrap clears the host's effective, permitted and ambient sets but
+/// leaves the bounding set full, so `setpriv` (util-linux, with only
+/// `CAP_SETPCAP` kept for it) empties the bounding set, makes root ordinary
+/// for good, and execs Node with nothing.
+pub fn strict_cap_dropper() -> Result<Vec<std::ffi::OsString>, SandboxError> {
+    let setpriv = which::which("setpriv").map_err(|_| {
+        SandboxError::Landlock(
+            "sandbox.profile = \"strict\" under root needs setpriv (Debian package util-linux) to empty the host's capability bounding set; it is not installed"
+                .into(),
+        )
+    })?;
+    Ok([
+        setpriv.into_os_string(),
+        "--bounding-set=-all".into(),
+        "--inh-caps=-all".into(),
+        "--ambient-caps=-all".into(),
+        "--securebits=+noroot,+noroot_locked,+no_setuid_fixup,+no_setuid_fixup_locked,+keep_caps_locked".into(),
+        "--".into(),
+    ]
+    .into())
+}
+
 /// The Landlock ABI this profile asks for (best effort below it): signal and
 /// abstract-socket scoping arrived in ABI 6.
 const LANDLOCK_ABI: ABI = ABI::V6;
@@ -290,6 +316,66 @@ fn cloexec_range(lo: u32, hi: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Step 5b, in the child: leave the process no capability, whatever the
+/// daemon had (as root: all of them), and none to regain at exec. Raw
+/// syscalls only.
+///
+/// A daemon without `CAP_SETPCAP` (an ordinary user's) cannot shrink the
+/// bounding set or set securebits; it has no capability to lose either, and
+/// `NO_NEW_PRIVS` (step 6) keeps exec from granting any.
+pub fn drop_capabilities() -> std::io::Result<()> {
+    // SAFETY: prctl(2) and capset(2) with plain integer arguments and a
+    // header/data pair on this stack frame; no allocation, no locks.
+    unsafe {
+        // Ambient: cleared (EINVAL before Linux 4.3, where there is none).
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        // Bounding: every capability the kernel knows (EINVAL past the last).
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                match *libc::__errno_location() {
+                    libc::EINVAL => break,
+                    libc::EPERM => break, // no CAP_SETPCAP: nothing to drop
+                    e => return Err(std::io::Error::from_raw_os_error(e)),
+                }
+            }
+        }
+        // Root is not special at exec, and that cannot be undone.
+        const SECBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80;
+        libc::prctl(libc::PR_SET_SECUREBITS, SECBITS, 0, 0, 0);
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut header = Header {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 fn errno(e: nix::errno::Errno) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }
@@ -304,6 +390,11 @@ impl Prepared {
             setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
         }
         cloexec_all_but(&self.keep)?;
+        if self.bwrap_seccomp.is_none() {
+            // bwrap needs its own capabilities to build the sandbox, and
+            // drops them for the host (`--cap-drop ALL`).
+            drop_capabilities()?;
+        }
         if let Some(fd) = &self.bwrap_seccomp {
             // bwrap reads the program from this fd: let it survive exec.
             use std::os::fd::AsFd;

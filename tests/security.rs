@@ -737,3 +737,56 @@ async fn strict_profile_without_bwrap_is_a_clear_start_error() {
     })
     .await;
 }
+
+/// The JSON a `caps-probe.js` host prints.
+async fn caps_probe(c: &mut Client, d: &Daemon, id: &str, other_pid: Option<i64>) -> Value {
+    let mut args = vec![d.pid().to_string()];
+    args.extend(other_pid.map(|p| p.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.ok("host.start", start_params(d, id, "caps-probe.js", &args))
+        .await;
+    let lines = wait_for_output(c, id, "caps ").await;
+    let line = lines
+        .iter()
+        .filter_map(|l| l["text"].as_str()?.strip_prefix("caps "))
+        .next()
+        .unwrap();
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_hold_no_capability_in_any_profile() {
+    timed(async {
+        let root = nix::unistd::geteuid().is_root();
+        let bwrap = which::which("bwrap").is_ok();
+        assert!(
+            bwrap,
+            "the strict profile needs bwrap (Debian package bubblewrap); .ci/run installs it"
+        );
+        for profile in ["default", "strict", "off"] {
+            let (_tmp, _out, d) =
+                sandboxed(&format!("profile = \"{profile}\"\n"), DaemonOpts::default());
+            let mut c = d.client().await;
+            let mut other = start_params(&d, "acme.other", "ipc-host.js", &[]);
+            other["waitReady"] = json!(true);
+            let other = c.ok("host.start", other).await;
+            let other_pid = other["pid"].as_i64();
+            let r = caps_probe(&mut c, &d, "acme.probe", other_pid).await;
+            for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+                assert_eq!(r[set], "0000000000000000", "{profile}: {set} in {r}");
+            }
+            // The bounding set can only be emptied by a daemon that holds
+            // CAP_SETPCAP (root); an ordinary user's has nothing to bound.
+            if root {
+                assert_eq!(r["CapBnd"], "0000000000000000", "{profile}: {r}");
+            }
+            if profile == "default" {
+                // Landlock's ptrace scoping: neither the daemon's nor
+                // another host's environment is readable.
+                assert_eq!(r["daemonEnviron"], "EACCES", "{profile}: {r}");
+                assert_eq!(r["otherEnviron"], "EACCES", "{profile}: {r}");
+            }
+        }
+    })
+    .await;
+}

@@ -222,7 +222,18 @@ fn spawn_strict(
         .expect("the strict profile has a seccomp memfd")
         .as_raw_fd();
     let mut cmd = Command::new(&bwrap);
-    cmd.args(["--unshare-pid", "--die-with-parent"]);
+    // A root daemon's bwrap keeps only CAP_SETPCAP for the cap dropper,
+    // which execs Node with no capability at all (see `strict_cap_dropper`).
+    let root = nix::unistd::geteuid().is_root();
+    let dropper = if root {
+        crate::sandbox::strict_cap_dropper()?
+    } else {
+        Vec::new()
+    };
+    cmd.args(["--unshare-pid", "--die-with-parent", "--cap-drop", "ALL"]);
+    if root {
+        cmd.args(["--cap-add", "CAP_SETPCAP"]);
+    }
     if policy.deny_network {
         cmd.arg("--unshare-net");
     }
@@ -236,6 +247,7 @@ fn spawn_strict(
     cmd.arg("--seccomp").arg(bpf_fd.to_string());
     cmd.arg("--chdir").arg(&spec.cwd);
     cmd.arg("--");
+    cmd.args(&dropper);
     match &spec.exec_fd {
         Some(f) => {
             // The verified descriptor survives into the sandbox; its new
