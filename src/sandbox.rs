@@ -6,7 +6,7 @@
 //! 3. cgroup join: not built yet;
 //! 4. `RLIMIT_CORE=0`;
 //! 5. inherited fds: every fd the daemon opens is close-on-exec;
-//! 5b. capabilities: ambient cleared, bounding set emptied, root made
+//! 5. (b) capabilities: ambient cleared, bounding set emptied, root made
 //!    ordinary (securebits, where the daemon may), then no effective,
 //!    permitted or inheritable capability (every profile);
 //! 6. `NO_NEW_PRIVS`;
