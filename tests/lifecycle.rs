@@ -705,3 +705,39 @@ async fn a_stop_waits_for_leftovers_on_the_cgroup_event() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_daemon_never_restores_the_budget_of_a_host_that_exited() {
+    timed(async {
+        let d = Daemon::start();
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.frozen"]}))
+            .await;
+        let mut c = d.client().await;
+        // Each run exits after 500 ms, well before the 2 s stable time.
+        let mut p = start_params(&d, "acme.frozen", "crash-after.js", &["500", "3"]);
+        p["readyTimeoutMs"] = json!(0);
+        p["restart"] = json!({"maxAttempts": 1, "backoffMs": 20, "stableAfterMs": 2000});
+        c.ok("host.start", p).await;
+        for generation in 1..=2 {
+            sub.events_until(S20, |e| {
+                e["to"] == "running" && e["generation"] == generation
+            })
+            .await;
+            // The fault itself: the daemon frozen past both the exit and the
+            // stable time. On SIGCONT both are due in one wake-up.
+            signal(d.pid(), libc::SIGSTOP);
+            std::thread::sleep(Duration::from_millis(2500));
+            signal(d.pid(), libc::SIGCONT);
+        }
+        let events = sub.events_until(S20, |e| e["to"] == "crashed").await;
+        let last = events.last().unwrap();
+        assert_eq!(last["generation"], 2, "{last}");
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.frozen"}))
+            .await;
+        assert_eq!(st["restartCount"], 1, "{st}");
+        assert_eq!(st["restartBudget"]["attemptsLeft"], 0, "{st}");
+    })
+    .await;
+}

@@ -315,7 +315,15 @@ impl HostActor {
                 .stop
                 .as_ref()
                 .and_then(|s| earliest(&[s.kill_at, s.give_up_at, s.poll_at]));
+            // Biased, in this order: an exit is handled before anything
+            // else due in the same wake-up (a daemon frozen by SIGSTOP wakes
+            // with the exit and the stable timer both due: the timer must
+            // not restore the budget of a process that is gone), session
+            // events before the ready deadline, commands before timers.
             tokio::select! {
+                biased;
+                res = wait_opt(&mut self.child) => self.on_exit(res),
+                Some((generation, ev)) = self.ipc_rx.recv() => self.on_ipc(generation, ev),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Remove(reply)) => {
                         if self.state.is_at_rest() {
@@ -332,8 +340,6 @@ impl HostActor {
                         return;
                     }
                 },
-                res = wait_opt(&mut self.child) => self.on_exit(res),
-                Some((generation, ev)) = self.ipc_rx.recv() => self.on_ipc(generation, ev),
                 () = sleep_opt(self.ready_deadline) => {
                     self.ready_deadline = None;
                     let ms = crate::time::millis(self.spec.ipc.ready_timeout);
@@ -692,6 +698,13 @@ impl HostActor {
 
     fn on_stable(&mut self) {
         self.stable_at = None;
+        // The exit may have landed in the same instant without being seen
+        // yet: a process that is gone has not run stably.
+        if let Some(child) = &mut self.child
+            && !matches!(child.try_wait(), Ok(None))
+        {
+            return;
+        }
         let mut budget = self.budget();
         if self.state == HostState::Running && budget.on_stable() {
             tracing::info!(extension_id = %self.id, "running stably; restart budget restored");
@@ -1105,9 +1118,10 @@ fn launch_spec(
         if let Some(storage) = &spec.storage_dir {
             policy.writable.push(storage.clone());
         }
-        policy
-            .hidden
-            .push(ipc::transport::ipc_root(&config.runtime_dir));
+        // The strict profile hides the whole runtime directory: other
+        // hosts' IPC directories and the control socket (a host must not
+        // reach the control plane); its own IPC directory is bound back.
+        policy.hidden.push(config.runtime_dir.clone());
         Some(policy)
     };
     LaunchSpec {
