@@ -12,6 +12,7 @@ pub mod events;
 pub mod host;
 pub mod logs;
 pub mod messages;
+pub mod peers;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -1000,6 +1001,17 @@ impl Supervisor {
         result: Result<Box<serde_json::value::RawValue>, String>,
     ) -> Result<(), SupervisorError> {
         Ok(self.messages.respond(id, request_id, result).await?)
+    }
+
+    /// Who the hosts are, to judge a control-socket peer by (see
+    /// [`peers`]): the leader pid of every host process now running.
+    pub fn host_peers(&self) -> peers::HostPeers {
+        peers::HostPeers::new(
+            self.bus
+                .list()
+                .into_iter()
+                .filter_map(|s| Some((i32::try_from(s.pid?).ok()?, s.extension_id))),
+        )
     }
 
     /// The last event sequence number assigned.
