@@ -380,6 +380,20 @@ impl Config {
                 "must be between 1024 and 4294967295",
             );
         }
+        let day = crate::supervisor::MAX_SETTING_MS;
+        for (key, v) in [
+            ("stop_timeout_ms", self.stop_timeout_ms),
+            ("ready_timeout_ms", self.ready_timeout_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("restart.backoff_ms", self.restart.backoff_ms),
+            ("restart.max_backoff_ms", self.restart.max_backoff_ms),
+            ("restart.stable_after_ms", self.restart.stable_after_ms),
+        ] {
+            if v > day {
+                return invalid(key, &format!("must be at most {day} (a day)"));
+            }
+        }
         if !(1..=3_600_000).contains(&self.host_request_timeout_ms) {
             return invalid("host_request_timeout_ms", "must be between 1 and 3600000");
         }

@@ -191,6 +191,20 @@ struct Logs {
     lines: Vec<crate::supervisor::logs::LogLine>,
 }
 
+/// `-32602` for a duration past a day (see `supervisor::MAX_SETTING_MS`).
+fn bounded_ms(field: &str, v: Option<u64>) -> Result<(), ErrorObjectOwned> {
+    match v {
+        Some(ms) if ms > crate::supervisor::MAX_SETTING_MS => Err(invalid_params(
+            field,
+            &format!(
+                "must be at most {} (a day)",
+                crate::supervisor::MAX_SETTING_MS
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn ms(v: Option<u64>) -> Option<Duration> {
     v.map(Duration::from_millis)
 }
@@ -306,6 +320,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     .expect("unique method name");
     m.register_async_method(REQUEST, |p, ctx, ext| async move {
         let p: params::RelayParams = params::parse(&p)?;
+        bounded_ms("timeoutMs", p.timeout_ms)?;
         let timeout =
             Duration::from_millis(p.timeout_ms.unwrap_or(params::REQUEST_TIMEOUT_DEFAULT_MS));
         let payload = p.payload.unwrap_or_else(empty_object);
@@ -353,6 +368,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         .expect("unique method name");
     m.register_async_method("host.stop", |p, ctx, _| async move {
         let p: params::StopParams = params::parse(&p)?;
+        bounded_ms("timeoutMs", p.timeout_ms)?;
         ctx.supervisor
             .stop(&p.extension_id, ms(p.timeout_ms))
             .await

@@ -409,15 +409,23 @@ pub fn allowed_env(
         .collect()
 }
 
-/// Extension ids: `^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$`, no `..`.
+/// The longest host id. Every path the daemon builds from an id must fit
+/// `NAME_MAX` (255 bytes a component): the longest component is a host's
+/// cgroup, `<daemon pid>.<id>.<generation>` (7 + 1 + id + 1 + 20 digits), so
+/// an id may not pass 226 bytes; 128 leaves room. IPC socket paths use a
+/// hash of the id, not the id, so they fit the 108-byte `sun_path` whatever
+/// it is.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Extension ids: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`, no `..`.
 pub fn validate_extension_id(id: &str) -> Result<(), SupervisorError> {
     let bad = |reason: &str| SupervisorError::InvalidSpec {
         field: "extensionId",
         reason: reason.into(),
     };
     let bytes = id.as_bytes();
-    if bytes.is_empty() || bytes.len() > 256 {
-        return Err(bad("must be 1 to 256 characters"));
+    if bytes.is_empty() || bytes.len() > MAX_ID_LEN {
+        return Err(bad("must be 1 to 128 characters"));
     }
     if !bytes[0].is_ascii_alphanumeric() {
         return Err(bad("must start with a letter or digit"));
@@ -469,6 +477,58 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<(), SupervisorError> {
                 reason,
             });
         }
+    }
+    Ok(())
+}
+
+/// The longest duration any host setting may take (a day): every deadline
+/// the daemon computes from one stays far from `Instant`/`SystemTime`
+/// overflow.
+pub const MAX_SETTING_MS: u64 = 86_400_000;
+/// The largest memory limit, MiB (16 TiB), and CPU limit, percent (1,000 CPUs).
+pub const MAX_MEMORY_MB: u64 = 16 << 20;
+pub const MAX_CPU_PERCENT: u32 = 100_000;
+
+/// Every number of a start request within its documented range.
+fn check_ranges(req: &StartRequest) -> Result<(), SupervisorError> {
+    let durations = [
+        ("restart.backoffMs", req.backoff),
+        ("restart.maxBackoffMs", req.max_backoff),
+        ("restart.stableAfterMs", req.stable_after),
+        ("stopTimeoutMs", req.stop_timeout),
+        ("readyTimeoutMs", req.ready_timeout),
+        ("heartbeatIntervalMs", req.heartbeat_interval),
+        ("heartbeatTimeoutMs", req.heartbeat_timeout),
+    ];
+    for (field, d) in durations {
+        if d.is_some_and(|d| d > Duration::from_millis(MAX_SETTING_MS)) {
+            return Err(SupervisorError::InvalidSpec {
+                field,
+                reason: format!("must be at most {MAX_SETTING_MS} (a day)"),
+            });
+        }
+    }
+    if req.memory_max.is_some_and(|b| b > MAX_MEMORY_MB << 20) {
+        return Err(SupervisorError::InvalidSpec {
+            field: "memoryMaxMb",
+            reason: format!("must be at most {MAX_MEMORY_MB}"),
+        });
+    }
+    if req.cpu_max_percent.is_some_and(|p| p > MAX_CPU_PERCENT) {
+        return Err(SupervisorError::InvalidSpec {
+            field: "cpuMaxPercent",
+            reason: format!("must be at most {MAX_CPU_PERCENT}"),
+        });
+    }
+    if let Some(a) = req
+        .args
+        .as_ref()
+        .and_then(|a| a.iter().find(|a| a.contains('\0')))
+    {
+        return Err(SupervisorError::InvalidSpec {
+            field: "args",
+            reason: format!("{a:?} contains NUL"),
+        });
     }
     Ok(())
 }
@@ -664,6 +724,7 @@ pub fn build_spec(
         if let Some(c) = &req.cwd {
             spec.cwd = Some(c.clone());
         }
+        check_ranges(req)?;
         let r = &mut spec.restart;
         r.max_attempts = req.max_attempts.unwrap_or(r.max_attempts);
         r.backoff = req.backoff.unwrap_or(r.backoff);
@@ -1058,10 +1119,19 @@ mod tests {
 
     #[test]
     fn extension_ids() {
-        for ok in ["a", "ms-python.python", "A_b-9", &"x".repeat(256)] {
+        for ok in ["a", "ms-python.python", "A_b-9", &"x".repeat(MAX_ID_LEN)] {
             assert!(validate_extension_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".a", "-a", "a..b", "a/b", "a b", "é", &"x".repeat(257)] {
+        for bad in [
+            "",
+            ".a",
+            "-a",
+            "a..b",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
             assert!(validate_extension_id(bad).is_err(), "{bad}");
         }
     }
