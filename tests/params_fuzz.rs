@@ -123,7 +123,7 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
         .build()
         .unwrap();
     let d = Daemon::start();
-    let c = std::cell::RefCell::new(rt.block_on(d.client()));
+    let c = tokio::sync::Mutex::new(rt.block_on(d.client()));
     // First the known-dangerous corners, each started, left to exit and
     // restart, then stopped: every one must be refused with -32602.
     let entry = fixture("crash-after.js");
@@ -146,17 +146,18 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
         for (k, v) in corner.as_object().unwrap() {
             p[k] = v.clone();
         }
-        let e = rt.block_on(async { c.borrow_mut().err("host.start", p.clone()).await });
+        let e = rt.block_on(async { c.lock().await.err("host.start", p.clone()).await });
         assert_eq!(e.code, -32602, "{p}: {e:?}");
     }
     let e = rt.block_on(async {
-        let mut c = c.borrow_mut();
+        let mut c = c.lock().await;
         c.ok("host.start", json!({"extensionId": "corner.stop", "entry": fixture("print-lines.js"), "args": ["1000000"], "readyTimeoutMs": 0})).await;
         c.err("host.stop", json!({"extensionId": "corner.stop", "timeoutMs": u64::MAX})).await
     });
     assert_eq!(e.code, -32602, "{e:?}");
     rt.block_on(async {
-        c.borrow_mut()
+        c.lock()
+            .await
             .ok("host.stop", json!({"extensionId": "corner.stop"}))
             .await
     });
@@ -171,7 +172,7 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
     let result = runner.run(&start_params(entry), |params| {
         let started = params["extensionId"].as_str().map(String::from);
         let reply = rt.block_on(async {
-            let mut c = c.borrow_mut();
+            let mut c = c.lock().await;
             tokio::time::timeout(
                 std::time::Duration::from_secs(20),
                 c.call("host.start", params.clone()),
@@ -189,7 +190,7 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
             // The fixture exits at once: let its exit schedule a restart with
             // whatever backoff the case asked for.
             rt.block_on(async {
-                let mut c = c.borrow_mut();
+                let mut c = c.lock().await;
                 for _ in 0..200 {
                     let st = c.ok("host.status", json!({"extensionId": id})).await;
                     if st["state"] != "running" {
@@ -200,8 +201,13 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
             });
             successes.set(successes.get() + 1);
             // Leave nothing running between cases.
-            rt.block_on(c.borrow_mut().call("host.stop", json!({"extensionId": id})))
-                .map_err(|e| TestCaseError::fail(format!("stop {id}: {e:?}")))?;
+            rt.block_on(async {
+                c.lock()
+                    .await
+                    .call("host.stop", json!({"extensionId": id}))
+                    .await
+            })
+            .map_err(|e| TestCaseError::fail(format!("stop {id}: {e:?}")))?;
         }
         Ok(())
     });
@@ -211,7 +217,7 @@ fn random_start_params_always_get_an_answer_and_never_a_panic() {
         "only {} valid starts: the strategy is too hostile to reach the restart path",
         successes.get()
     );
-    let info = rt.block_on(c.borrow_mut().ok("daemon.info", json!({})));
+    let info = rt.block_on(async { c.lock().await.ok("daemon.info", json!({})).await });
     assert!(info["pid"].is_u64(), "{info}");
     let log = d.log_text();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
