@@ -229,6 +229,9 @@ pub struct SandboxConfig {
     /// Opt-in default CPU limit per host, percent of one CPU (200 = two
     /// CPUs), through its cgroup (cgroup2 `cpu.max` or v1 CFS quota).
     pub cpu_max_percent: Option<u32>,
+    /// A daemon running as root runs hosts as this user (a name, or a uid
+    /// as a string), with their private directories owned by it.
+    pub run_as: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -406,6 +409,17 @@ impl Config {
         if let Err(e) = crate::supervisor::static_answers(&self.static_answers) {
             return invalid("static_answers", &e);
         }
+        if let Some(user) = &self.sandbox.run_as {
+            if self.sandbox.profile == SandboxProfile::Strict {
+                return invalid(
+                    "sandbox.run_as",
+                    "is not supported with profile = \"strict\" (bwrap would need to run unprivileged); use the default profile",
+                );
+            }
+            if let Err(e) = crate::spawn::HostUser::lookup(user) {
+                return invalid("sandbox.run_as", &e);
+            }
+        }
         if self.sandbox.max_open_files.is_some_and(|n| n < 18) {
             return invalid(
                 "sandbox.max_open_files",
@@ -486,8 +500,14 @@ impl Config {
         Duration::from_millis(self.stop_timeout_ms)
     }
 
-    /// Host-request limits and static answers, into the supervisor's settings.
-    pub fn apply_host_requests(&self, s: &mut crate::supervisor::SupervisorConfig) {
+    /// Host-request limits, static answers and the hosts' user, into the
+    /// supervisor's settings.
+    pub fn apply_host_settings(&self, s: &mut crate::supervisor::SupervisorConfig) {
+        s.run_as = self
+            .sandbox
+            .run_as
+            .as_deref()
+            .and_then(|u| crate::spawn::HostUser::lookup(u).ok());
         s.host_requests = crate::supervisor::messages::HubLimits {
             timeout: Duration::from_millis(self.host_request_timeout_ms),
             max_count: self.host_request_queue_max,

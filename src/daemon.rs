@@ -276,7 +276,7 @@ fn supervisor_config(
     s.stop_timeout = config.stop_timeout();
     s.ipc = config.ipc_policy();
     s.log_lines = config.log_lines;
-    config.apply_host_requests(&mut s);
+    config.apply_host_settings(&mut s);
     s
 }
 

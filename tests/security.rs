@@ -790,3 +790,75 @@ async fn hosts_hold_no_capability_in_any_profile() {
     })
     .await;
 }
+
+/// The uid a live process runs as (`Uid:` real).
+fn proc_uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_as_runs_hosts_as_that_user_with_their_dirs_and_no_way_to_the_control_socket() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    timed(async {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "run_as needs a root daemon; CI runs the suite as root"
+        );
+        let (tmp, out, d) = sandboxed("run_as = \"nobody\"\n", DaemonOpts::default());
+        // The test's own temp dir must let `nobody` pass, as a home does.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::os::unix::fs::chown(&out, Some(65534), Some(65534)).unwrap();
+        let mut c = d.client().await;
+        let mut p = start_params(&d, "acme.user", "ipc-host.js", &[]);
+        p["waitReady"] = json!(true);
+        let st = c.ok("host.start", p).await;
+        assert_eq!(st["ready"], true, "{st}");
+        let pid = st["pid"].as_i64().unwrap() as i32;
+        assert_eq!(proc_uid(pid), 65534);
+        let r = c
+            .ok(
+                "host.request",
+                json!({"extensionId": "acme.user", "type": "echo", "payload": [7]}),
+            )
+            .await;
+        assert_eq!(r, json!([7]));
+        let tmpdir = host_env(pid, "TMPDIR");
+        assert_eq!(std::fs::metadata(&tmpdir).unwrap().uid(), 65534, "{tmpdir}");
+        let ipc = host_env(pid, "DSCODE_IPC_URL");
+        let ipc_dir = std::path::Path::new(ipc.strip_prefix("ipc://").unwrap())
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let meta = std::fs::metadata(&ipc_dir).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o700));
+
+        // The control socket is root's and 0600: no process of the host
+        // can even connect.
+        let probe = start_params(
+            &d,
+            "acme.probe",
+            "control-probe.js",
+            &[d.socket.to_str().unwrap()],
+        );
+        c.ok("host.start", probe).await;
+        let lines = wait_for_output(&mut c, "acme.probe", "control done").await;
+        let text: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+        for who in ["host", "child", "setsid"] {
+            assert!(
+                text.iter()
+                    .any(|t| *t == format!("control {who} refused EACCES")),
+                "{who}: {text:?}"
+            );
+        }
+        let info = c.ok("daemon.info", json!({})).await;
+        assert!(info["pid"].is_u64());
+    })
+    .await;
+}

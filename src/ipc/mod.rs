@@ -409,6 +409,8 @@ pub struct Prepared {
     pub host: PathBuf,
     /// Accept only a peer in this process group (the host's), once known.
     host_group: Option<i32>,
+    /// The host's uid, when it runs as another user than the daemon.
+    host_uid: Option<u32>,
 }
 
 impl Prepared {
@@ -420,13 +422,27 @@ impl Prepared {
     }
 }
 
-/// Bind the daemon's end (see [`transport::bind`]).
-pub fn prepare(incoming: &Path, host: &Path) -> std::io::Result<Prepared> {
+/// Bind the daemon's end (see [`transport::bind`]); with `owner`, the
+/// host's IPC directory and the daemon's socket in it belong to the user the
+/// host runs as.
+pub fn prepare(
+    incoming: &Path,
+    host: &Path,
+    owner: Option<crate::spawn::HostUser>,
+) -> std::io::Result<Prepared> {
+    let listener = transport::bind(incoming, host)?;
+    if let Some(user) = owner {
+        if let Some(dir) = incoming.parent() {
+            user.own(dir)?;
+        }
+        user.own(incoming)?;
+    }
     Ok(Prepared {
-        listener: transport::bind(incoming, host)?,
+        listener,
         incoming: incoming.to_path_buf(),
         host: host.to_path_buf(),
         host_group: None,
+        host_uid: owner.map(|u| u.uid),
     })
 }
 
@@ -461,7 +477,7 @@ pub fn start(prepared: Prepared, parts: SessionParts) -> SessionHandle {
     let handle = SessionHandle { shared };
     tokio::spawn(connect_to_host(
         prepared.host.clone(),
-        prepared.host_group,
+        (prepared.host_group, prepared.host_uid),
         handle.clone(),
         parts.requests.clone(),
     ));
@@ -469,10 +485,10 @@ pub fn start(prepared: Prepared, parts: SessionParts) -> SessionHandle {
     handle
 }
 
-/// Whether a peer may speak for the host: same user, and in the host's
-/// process group once that is known.
-fn trusted(peer: transport::Peer, host_group: Option<i32>) -> Result<(), String> {
-    if !peer.same_user {
+/// Whether a peer may speak for the host: the daemon's user (or the host's
+/// own, with `run_as`), and in the host's process group once that is known.
+fn trusted(peer: transport::Peer, (host_group, host_uid): Expect) -> Result<(), String> {
+    if !peer.same_user && (host_uid.is_none() || peer.uid != host_uid) {
         return Err("from another user".into());
     }
     match (peer.pid, host_group) {
@@ -493,7 +509,7 @@ async fn accept_host(prepared: Prepared, handle: SessionHandle, requests: Arc<dy
             () = closed(&shared) => return,
         };
         match accepted {
-            Ok((s, peer)) => match trusted(peer, prepared.host_group) {
+            Ok((s, peer)) => match trusted(peer, (prepared.host_group, prepared.host_uid)) {
                 Ok(()) => break s,
                 Err(why) => {
                     tracing::warn!(extension_id = %id, "refused an IPC connection {why}")
@@ -513,9 +529,12 @@ async fn accept_host(prepared: Prepared, handle: SessionHandle, requests: Arc<dy
 
 /// The outgoing half: connect to the host's socket, retrying (with a short
 /// doubling pause) while it does not exist or is not listening yet.
+/// Who the host's peer must be: its process group and, with `run_as`, its uid.
+type Expect = (Option<i32>, Option<u32>);
+
 async fn connect_to_host(
     path: PathBuf,
-    host_group: Option<i32>,
+    expect: Expect,
     handle: SessionHandle,
     requests: Arc<dyn HostRequests>,
 ) {
@@ -528,7 +547,7 @@ async fn connect_to_host(
             () = closed(&shared) => return,
         };
         if let Ok((s, peer)) = attempt {
-            match trusted(peer, host_group) {
+            match trusted(peer, expect) {
                 Ok(()) => break s,
                 Err(why) => {
                     tracing::warn!(extension_id = %shared.extension_id, "refused the host's socket: it is served {why}")

@@ -110,6 +110,8 @@ pub struct Peer {
     pub same_user: bool,
     /// Its pid, where the OS tells (`SO_PEERCRED`).
     pub pid: Option<i32>,
+    /// Its uid, where the OS tells.
+    pub uid: Option<u32>,
 }
 
 /// Who is at the other end of a Unix socket connection.
@@ -119,10 +121,12 @@ fn peer_of(s: &Stream) -> Peer {
         Ok(c) => Peer {
             same_user: c.uid() == nix::unistd::geteuid().as_raw(),
             pid: c.pid(),
+            uid: Some(c.uid()),
         },
         Err(_) => Peer {
             same_user: false,
             pid: None,
+            uid: None,
         },
     }
 }
@@ -146,6 +150,7 @@ impl Listener {
                 Peer {
                     same_user: true,
                     pid: None,
+                    uid: None,
                 },
             ))
         }

@@ -116,6 +116,52 @@ pub fn resolve_node(
     }
 }
 
+/// The unprivileged user a root daemon runs hosts as (`[sandbox] run_as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl HostUser {
+    /// A user name, or a uid given as digits; its primary group.
+    pub fn lookup(user: &str) -> Result<HostUser, String> {
+        #[cfg(unix)]
+        {
+            use nix::unistd::{Uid, User};
+            let found = match user.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => User::from_name(user),
+            };
+            match found {
+                Ok(Some(u)) => Ok(HostUser {
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                }),
+                Ok(None) => Err(format!("no such user: {user:?}")),
+                Err(e) => Err(format!("cannot look up user {user:?}: {e}")),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Err(format!("run_as ({user:?}) is supported on Unix only"))
+        }
+    }
+
+    /// Give `path` to this user (no-op for root's own files elsewhere).
+    pub fn own(&self, path: &Path) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            Ok(())
+        }
+    }
+}
+
 /// Everything needed to run one host process.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
@@ -138,6 +184,8 @@ pub struct LaunchSpec {
     /// "0" to each.
     #[cfg(target_os = "linux")]
     pub cgroup_procs: Vec<Arc<std::fs::File>>,
+    /// Run as this user instead of the daemon's (root daemons only).
+    pub run_as: Option<HostUser>,
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
@@ -190,6 +238,8 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     cmd.creation_flags(windows::CREATE_NEW_PROCESS_GROUP);
     #[cfg(target_os = "linux")]
     {
+        // Before PDEATHSIG: a change of credentials clears it.
+        become_user(&mut cmd, spec.run_as);
         die_with_daemon(&mut cmd);
         join_cgroup(&mut cmd, spec);
     }
@@ -312,6 +362,31 @@ fn die_with_daemon(cmd: &mut Command) {
                 return Err(std::io::Error::from_raw_os_error(
                     nix::errno::Errno::ESRCH as i32,
                 ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Pre-exec step 1b (root daemons with `run_as`): no supplementary groups,
+/// then the user's group and uid (real, effective, saved). The process is
+/// left non-dumpable, as the kernel makes it: other processes of that user
+/// cannot read its memory or `/proc` files. Comes before PDEATHSIG, which a
+/// change of credentials clears.
+#[cfg(target_os = "linux")]
+fn become_user(cmd: &mut Command, user: Option<HostUser>) {
+    let Some(HostUser { uid, gid }) = user else {
+        return;
+    };
+    // SAFETY: raw syscalls only (setgroups, setresgid, setresuid) with
+    // integers captured by value; no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -587,6 +662,7 @@ mod tests {
             exec_fd: None,
             sandbox: None,
             cgroup_procs: Vec::new(),
+            run_as: None,
         };
         let mut s = spawn(&spec).unwrap();
         assert!(s.group.alive());

@@ -33,6 +33,8 @@ pub struct LocalAnswers {
     pub storage_dir: Option<PathBuf>,
     /// Payloads (compact JSON text) by message type.
     pub statics: BTreeMap<String, String>,
+    /// The user the host runs as, who must own what is made for it.
+    pub owner: Option<crate::spawn::HostUser>,
 }
 
 impl HostRequests for LocalAnswers {
@@ -46,8 +48,9 @@ impl HostRequests for LocalAnswers {
         } else if kind == GET_EXTENSION_STORAGE
             && let Some(root) = self.storage_dir.clone()
         {
+            let owner = self.owner;
             tokio::task::spawn_blocking(move || {
-                let r = storage(&root, &msg.payload);
+                let r = storage(&root, &msg.payload, owner);
                 answer(msg, r, reply);
             });
         } else if let Some(text) = self.statics.get(kind) {
@@ -76,8 +79,13 @@ fn answer(msg: Message, result: Result<Box<RawValue>, String>, reply: Replier) {
     }
 }
 
-/// `{global, workspace, logs}` for the extension the payload names.
-fn storage(root: &Path, payload: &RawValue) -> Result<Box<RawValue>, String> {
+/// `{global, workspace, logs}` for the extension the payload names, owned
+/// by `owner` when the host runs as another user.
+fn storage(
+    root: &Path,
+    payload: &RawValue,
+    owner: Option<crate::spawn::HostUser>,
+) -> Result<Box<RawValue>, String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Ask {
@@ -90,6 +98,16 @@ fn storage(root: &Path, payload: &RawValue) -> Result<Box<RawValue>, String> {
     let dirs = ["global", "workspace", "logs"].map(|d| base.join(d));
     for d in &dirs {
         make_private_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    if let Some(user) = owner {
+        // The root first: it may have been made just now, by the daemon.
+        for d in [root, base.as_path()]
+            .into_iter()
+            .chain(dirs.iter().map(|d| d.as_path()))
+        {
+            user.own(d)
+                .map_err(|e| format!("cannot hand over {}: {e}", d.display()))?;
+        }
     }
     let [global, workspace, logs] = dirs.map(|d| d.to_string_lossy().into_owned());
     serde_json::value::to_raw_value(&serde_json::json!({
@@ -120,7 +138,7 @@ mod tests {
     #[test]
     fn storage_dirs_are_made_under_the_root() {
         let root = tempfile::tempdir().unwrap();
-        let got = storage(root.path(), &raw(r#"{"extensionId":"acme.one"}"#)).unwrap();
+        let got = storage(root.path(), &raw(r#"{"extensionId":"acme.one"}"#), None).unwrap();
         let v: serde_json::Value = serde_json::from_str(got.get()).unwrap();
         for k in ["global", "workspace", "logs"] {
             let p = PathBuf::from(v[k].as_str().unwrap());
@@ -139,7 +157,7 @@ mod tests {
             r#"{}"#,
             r#""acme.one""#,
         ] {
-            assert!(storage(root.path(), &raw(bad)).is_err(), "{bad}");
+            assert!(storage(root.path(), &raw(bad), None).is_err(), "{bad}");
         }
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }

@@ -577,6 +577,7 @@ impl HostActor {
                     extensions_dir: self.spec.extensions_dir.clone(),
                     storage_dir: self.spec.storage_root(&self.id, &config),
                     statics: self.spec.static_answers(&config),
+                    owner: config.run_as,
                 };
                 let session = ipc::start(
                     prepared,
@@ -1039,10 +1040,11 @@ fn prepare(
     node: std::path::PathBuf,
 ) -> Result<Prepared, SpawnError> {
     let (host_sock, incoming_sock) = ipc::ipc_paths(&config.runtime_dir, id);
-    let ipc = ipc::prepare(&incoming_sock, &host_sock).map_err(|e| SpawnError::Exec {
-        path: incoming_sock.clone(),
-        source: Arc::new(e),
-    })?;
+    let ipc =
+        ipc::prepare(&incoming_sock, &host_sock, config.run_as).map_err(|e| SpawnError::Exec {
+            path: incoming_sock.clone(),
+            source: Arc::new(e),
+        })?;
     let verified = if config.node_policy.active() {
         Some(crate::verify::open_verified(
             &node,
@@ -1053,6 +1055,12 @@ fn prepare(
     };
     let mut launch = launch_spec(id, spec, config, node);
     launch.exec_fd = verified.map(|v| v.file);
+    if let Some(user) = config.run_as {
+        hand_over(id, config, user).map_err(|e| SpawnError::Exec {
+            path: config.state_dir.clone().unwrap_or_default(),
+            source: Arc::new(e),
+        })?;
+    }
     #[cfg(target_os = "linux")]
     let (cgroup, v1_cgroups) = make_cgroups(id, spec, config, &mut launch);
     #[cfg(debug_assertions)]
@@ -1136,7 +1144,35 @@ fn launch_spec(
         sandbox,
         #[cfg(target_os = "linux")]
         cgroup_procs: Vec::new(),
+        run_as: config.run_as,
     }
+}
+
+/// With `run_as`: the host's private directories belong to its user, and the
+/// directories above them (state dir, runtime dir, the IPC root) let it pass
+/// (0711) without letting it list or write them. Its IPC directory and
+/// socket were handed over when they were bound.
+fn hand_over(id: &str, config: &SupervisorConfig, user: spawn::HostUser) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let traverse =
+            |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711));
+        if let Some(state) = &config.state_dir {
+            let own = state.join("hosts").join(id);
+            traverse(state)?;
+            traverse(&state.join("hosts"))?;
+            for p in [own.clone(), own.join("tmp")] {
+                if p.exists() {
+                    user.own(&p)?;
+                }
+            }
+        }
+        traverse(&config.runtime_dir)?;
+        traverse(&ipc::transport::ipc_root(&config.runtime_dir))?;
+    }
+    let _ = (id, config, user);
+    Ok(())
 }
 
 /// `<state>/hosts/<id>/tmp`, created 0700: the host's private TMPDIR.

@@ -348,6 +348,8 @@ pub struct SupervisorConfig {
     pub host_requests: messages::HubLimits,
     /// Daemon-wide static answers (compact JSON by message type).
     pub static_answers: BTreeMap<String, String>,
+    /// The user hosts run as (`[sandbox] run_as`, root daemons).
+    pub run_as: Option<crate::spawn::HostUser>,
 }
 
 impl SupervisorConfig {
@@ -385,6 +387,7 @@ impl SupervisorConfig {
             log_line_bytes: 16 * 1024,
             host_requests: messages::HubLimits::default(),
             static_answers: BTreeMap::new(),
+            run_as: None,
         }
     }
 }
