@@ -150,7 +150,26 @@ fn bind(socket: &Path) -> anyhow::Result<Listener> {
         .with_context(|| format!("creating pipe {}", socket.display()))
 }
 
-/// A listening socket passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fd 3).
+/// Why a descriptor passed by the service manager cannot be the control
+/// socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("fd {fd} passed by the service manager (LISTEN_FDS) is not a socket")]
+    NotASocket {
+        fd: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "fd {fd} passed by the service manager (LISTEN_FDS) is an {what}; dscode-hostd needs \
+         a listening AF_UNIX SOCK_STREAM socket (ListenStream=/path/to/hostd.sock in the \
+         .socket unit, not ListenDatagram= or a TCP port)"
+    )]
+    Unsuitable { fd: i32, what: String },
+}
+
+/// A listening socket passed by systemd (`LISTEN_PID`/`LISTEN_FDS`, fd 3),
+/// after checking it is a listening AF_UNIX stream socket.
 #[cfg(unix)]
 fn inherited_listener() -> anyhow::Result<Option<Listener>> {
     use std::os::fd::{FromRawFd, OwnedFd};
@@ -163,9 +182,83 @@ fn inherited_listener() -> anyhow::Result<Option<Listener>> {
     // SAFETY: LISTEN_PID names this process, so the service manager passed us
     // fd 3 and nothing else in the process owns or has closed it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    check_activation_socket(&owned)?;
     let listener = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(owned)
         .context("using the socket passed by systemd")?;
     Ok(Some(listener.into()))
+}
+
+/// `Ok` for a listening AF_UNIX SOCK_STREAM socket.
+#[cfg(unix)]
+fn check_activation_socket(fd: &std::os::fd::OwnedFd) -> Result<(), ActivationError> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    let int_opt = |opt: libc::c_int| -> std::io::Result<libc::c_int> {
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `raw` is open (owned by `fd`, borrowed for this call);
+        // the pointer and length describe `v`, which outlives the call.
+        let r = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw mut v).cast(),
+                &raw mut len,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(v)
+        }
+    };
+    let ty =
+        int_opt(libc::SO_TYPE).map_err(|source| ActivationError::NotASocket { fd: raw, source })?;
+    // SAFETY: all zeroes is a valid sockaddr_storage.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `raw` is open; the pointer and length describe `addr`, which
+    // outlives the call.
+    let r = unsafe { libc::getsockname(raw, (&raw mut addr).cast(), &raw mut len) };
+    if r < 0 {
+        return Err(ActivationError::NotASocket {
+            fd: raw,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let family = libc::c_int::from(addr.ss_family);
+    let family_name = match family {
+        libc::AF_UNIX => "AF_UNIX".to_string(),
+        libc::AF_INET => "AF_INET (IPv4)".to_string(),
+        libc::AF_INET6 => "AF_INET6 (IPv6)".to_string(),
+        other => format!("address family {other}"),
+    };
+    let type_name = match ty {
+        libc::SOCK_STREAM => "SOCK_STREAM".to_string(),
+        libc::SOCK_DGRAM => "SOCK_DGRAM (datagram)".to_string(),
+        libc::SOCK_SEQPACKET => "SOCK_SEQPACKET".to_string(),
+        other => format!("socket type {other}"),
+    };
+    let unsuitable = |what: String| ActivationError::Unsuitable { fd: raw, what };
+    if family != libc::AF_UNIX || ty != libc::SOCK_STREAM {
+        let kind = match (family, ty) {
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => " (TCP)",
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM) => " (UDP)",
+            _ => "",
+        };
+        return Err(unsuitable(format!(
+            "{family_name} {type_name} socket{kind}"
+        )));
+    }
+    let listening = int_opt(libc::SO_ACCEPTCONN)
+        .map_err(|source| ActivationError::NotASocket { fd: raw, source })?;
+    if listening == 0 {
+        return Err(unsuitable(
+            "AF_UNIX SOCK_STREAM socket that is not listening".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -461,20 +554,34 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     v
 }
 
-/// Raise the soft open-files limit to the hard one: every host costs a few
-/// descriptors (pipes, pidfd, IPC sockets), and 1024 is too few for a
-/// thousand hosts.
+/// Descriptors the daemon itself holds per ready host (measured: the
+/// child's pidfd, its stdout and stderr pipes, the IPC listening socket
+/// and the accepted IPC connection); README "Daemon options" says so.
+pub const FDS_PER_HOST: u64 = 5;
+
+/// Raise the soft open-files limit to the hard one, and log both: every
+/// host costs the daemon [`FDS_PER_HOST`] descriptors, and 1024 is too few
+/// for a thousand hosts.
 #[cfg(unix)]
 fn raise_nofile_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
-            }
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut now = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => now = hard,
+            Err(e) => tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit"),
         }
-        _ => {}
     }
+    tracing::info!(
+        limit = now,
+        was = soft,
+        hard,
+        hosts = now / FDS_PER_HOST,
+        "open-files limit (each ready host costs the daemon about {FDS_PER_HOST} descriptors)"
+    );
 }
 
 /// Run the daemon in the foreground until SIGTERM, SIGINT or `daemon.shutdown`.

@@ -4,6 +4,7 @@
 #![cfg(unix)]
 
 mod common;
+mod launch;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -258,6 +259,70 @@ async fn a_socket_directory_owned_by_another_user_is_refused() {
             err.contains("owned by uid 65534") && err.contains(run.to_str().unwrap()),
             "{err}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_backs_off_when_the_daemon_is_out_of_descriptors() {
+    timed(async {
+        let (_tmp, dir) = launch::temp_dir();
+        let args = launch::args_in(&dir, "");
+        let mut d = launch::launch(
+            &dir,
+            &args,
+            &[],
+            launch::Setup {
+                nofile: Some(64),
+                ..Default::default()
+            },
+        );
+        d.wait_for_log("listening", Duration::from_secs(20)).await;
+        assert!(d.log_text().contains("limit=64"), "{}", d.log_text());
+        let socket = dir.join("run/hostd.sock");
+        // More connections than the daemon has descriptors: the rest wait
+        // in the backlog, and accepting them fails with EMFILE.
+        let mut conns = Vec::new();
+        for _ in 0..100 {
+            if let Ok(Ok(s)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::UnixStream::connect(&socket),
+            )
+            .await
+            {
+                conns.push(s);
+            }
+        }
+        d.wait_for_log("accept failed", Duration::from_secs(10))
+            .await;
+        let before = launch::cpu_ticks(d.pid());
+        let t0 = Instant::now();
+        // A measurement window, not a wait for an event.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let used = (launch::cpu_ticks(d.pid()) - before) as f64
+            / launch::ticks_per_second() as f64
+            / t0.elapsed().as_secs_f64();
+        eprintln!(
+            "CPU while accept fails: {:.1}% of one core; {} warnings; {} connections open",
+            used * 100.0,
+            d.count("accept failed"),
+            conns.len()
+        );
+        assert!(
+            used < 0.5,
+            "the accept loop spins: {:.0}% CPU",
+            used * 100.0
+        );
+        assert!(
+            d.count("accept failed") <= 2,
+            "warnings are not rate-limited: {}",
+            d.count("accept failed")
+        );
+        drop(conns);
+        let mut c = Client::connect(&socket).await;
+        c.ok("daemon.info", json!({})).await;
+        d.wait_for_log("accept works again", Duration::from_secs(5))
+            .await;
     })
     .await;
 }

@@ -5,6 +5,7 @@
 #![cfg(unix)]
 
 mod common;
+mod launch;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -381,6 +382,46 @@ async fn packaging_files_are_valid() {
         let sock = std::fs::read_to_string(root.join("packaging/systemd/dscode-hostd.socket")).unwrap();
         assert!(sock.contains("ListenStream=%t/dscode-hostd/hostd.sock"));
         assert!(sock.contains("SocketMode=0600"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_refuses_a_descriptor_that_is_not_a_listening_unix_stream() {
+    timed(async {
+        use std::os::fd::AsRawFd;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (unconnected, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        for (fd, needles) in [
+            (udp.as_raw_fd(), ["AF_INET (IPv4) SOCK_DGRAM", "(UDP)"]),
+            (tcp.as_raw_fd(), ["AF_INET (IPv4) SOCK_STREAM", "(TCP)"]),
+            (
+                unconnected.as_raw_fd(),
+                ["AF_UNIX SOCK_STREAM", "not listening"],
+            ),
+            (file.as_raw_fd(), ["is not a socket", "LISTEN_FDS"]),
+        ] {
+            let (_tmp, dir) = launch::temp_dir();
+            let args = launch::args_in(&dir, "");
+            let mut d = launch::launch(
+                &dir,
+                &args,
+                &[],
+                launch::Setup {
+                    listen_fd: Some(fd),
+                    ..Default::default()
+                },
+            );
+            let (status, err) = d.wait_exit(S10).await;
+            assert_eq!(status.code(), Some(1), "{err}");
+            for n in needles {
+                assert!(err.contains(n), "no {n:?} in: {err}");
+            }
+            assert!(err.contains("fd 3"), "{err}");
+            assert!(!dir.join("run/hostd.sock").exists());
+        }
     })
     .await;
 }

@@ -1,8 +1,9 @@
 //! Accepting control connections: peer check, connection limit, one task per
-//! connection.
+//! connection, and a backoff when `accept` itself fails (out of descriptors).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -62,6 +63,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let next_id = AtomicUsize::new(1);
     let mut conns = JoinSet::new();
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -69,9 +71,19 @@ pub async fn run(
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
         let mut stream = match accepted {
-            Ok(s) => s,
+            Ok(s) => {
+                backoff.succeeded();
+                s
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // The listener stays readable while the pending connection
+                // cannot be taken (EMFILE, ENFILE, ENOBUFS): retrying at
+                // once would spin. Wait, still answering shutdown.
+                let pause = backoff.failed(&e);
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
                 continue;
             }
         };
@@ -103,9 +115,92 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
+/// The pause after a failed `accept`: 10 ms, doubling to 1 s, back to 10 ms
+/// after a success. At most one warning per [`AcceptBackoff::WARN_EVERY`],
+/// with the count of the failures not logged since.
+struct AcceptBackoff {
+    pause: Duration,
+    failures: u64,
+    suppressed: u64,
+    last_warning: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const WARN_EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        AcceptBackoff {
+            pause: Self::FIRST,
+            failures: 0,
+            suppressed: 0,
+            last_warning: None,
+        }
+    }
+
+    /// Count a failure; how long to wait before the next `accept`.
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        self.failed_at(error, Instant::now())
+    }
+
+    fn failed_at(&mut self, error: &std::io::Error, now: Instant) -> Duration {
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX);
+        self.failures += 1;
+        if self
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= Self::WARN_EVERY)
+        {
+            tracing::warn!(
+                error = %error,
+                suppressed = self.suppressed,
+                retry_in_ms = pause.as_millis() as u64,
+                "accept failed (out of descriptors? see README: open-files limit); \
+                 backing off, at most one such warning per 10 s"
+            );
+            self.last_warning = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                failures = self.failures,
+                "accept works again after failures"
+            );
+        }
+        self.pause = Self::FIRST;
+        self.failures = 0;
+        self.suppressed = 0;
+        self.last_warning = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_resets() {
+        let mut b = AcceptBackoff::new();
+        let e = std::io::Error::from_raw_os_error(24);
+        let t0 = Instant::now();
+        let pauses: Vec<u128> = (0..9)
+            .map(|i| b.failed_at(&e, t0 + Duration::from_millis(i)).as_millis())
+            .collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // One warning, eight failures suppressed since.
+        assert_eq!(b.suppressed, 8);
+        b.failed_at(&e, t0 + AcceptBackoff::WARN_EVERY);
+        assert_eq!(b.suppressed, 0, "a warning once the interval passed");
+        b.succeeded();
+        assert_eq!(b.failed_at(&e, t0).as_millis(), 10);
+    }
 
     #[test]
     fn only_self_and_root_are_allowed() {
