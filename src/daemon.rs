@@ -653,7 +653,17 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
             max_in_flight: config.max_requests_per_connection,
         },
     };
-    let server = tokio::spawn(rpc::server::run(listener, module.into(), limits, close_rx));
+    let hosts: rpc::server::HostCheck = {
+        let supervisor = supervisor.clone();
+        Arc::new(move |pid| supervisor.host_peers().judge(pid))
+    };
+    let server = tokio::spawn(rpc::server::run(
+        listener,
+        module.into(),
+        limits,
+        hosts,
+        close_rx,
+    ));
     tracing::info!(socket = %socket.display(), pid = std::process::id(), activated, "listening");
 
     apply_hosts(&supervisor, &config, true).await;

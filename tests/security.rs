@@ -862,3 +862,51 @@ async fn run_as_runs_hosts_as_that_user_with_their_dirs_and_no_way_to_the_contro
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_process_of_a_host_can_use_the_control_socket() {
+    timed(async {
+        // With a cgroup per host and without: the check at accept is by
+        // cgroup, else by process group, session and ancestry.
+        for cgroup in ["auto", "off"] {
+            let (_tmp, _out, d) =
+                sandboxed(&format!("cgroup = \"{cgroup}\"\n"), DaemonOpts::default());
+            let mut c = d.client().await;
+            let probe = start_params(
+                &d,
+                "acme.probe",
+                "control-probe.js",
+                &[d.socket.to_str().unwrap()],
+            );
+            c.ok("host.start", probe).await;
+            let lines = wait_for_output(&mut c, "acme.probe", "control done").await;
+            let text: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+            for who in ["host", "child", "setsid"] {
+                assert!(
+                    text.iter()
+                        .any(|t| t.starts_with(&format!("control {who} refused "))),
+                    "cgroup {cgroup}, {who}: {text:?}"
+                );
+            }
+            assert!(
+                !text.iter().any(|t| t.contains(" answered ")),
+                "cgroup {cgroup}: {text:?}"
+            );
+            // The daemon is untouched: running, and no host was started.
+            let list = c.ok("host.list", json!({})).await;
+            let ids: Vec<_> = list["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["extensionId"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(ids, ["acme.probe"], "cgroup {cgroup}");
+            assert!(
+                d.log_text()
+                    .contains("refused a control connection from a host's process"),
+                "cgroup {cgroup}"
+            );
+        }
+    })
+    .await;
+}

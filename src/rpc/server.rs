@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::transport::{self, Limits};
+use crate::supervisor::peers::Verdict;
 
 /// Server settings.
 #[derive(Debug, Clone, Copy)]
@@ -27,29 +28,84 @@ pub fn peer_allowed(peer: u32, me: u32) -> bool {
     peer == me || peer == 0
 }
 
+/// Judges a peer's pid: is it one of the hosts' processes? (The daemon
+/// passes the supervisor's `host_peers().judge`.)
+pub type HostCheck = Arc<dyn Fn(i32) -> Verdict + Send + Sync>;
+
+/// Whether the peer may use the control socket: its uid is the daemon's or
+/// root's, and it is no process of any host (see `supervisor::peers`).
 #[cfg(unix)]
-fn check_peer(stream: &Stream) -> bool {
+fn check_peer(stream: &Stream, hosts: &HostCheck, refusals: &mut Refusals) -> bool {
     use interprocess::local_socket::traits::StreamCommon as _;
     let me = crate::paths::current_uid();
-    match stream.peer_creds() {
-        Ok(creds) => match creds.euid() {
-            Some(uid) if peer_allowed(uid, me) => true,
-            other => {
-                tracing::warn!(peer_uid = ?other, pid = ?creds.pid(), "refused a connection from another user");
-                false
-            }
-        },
+    let creds = match stream.peer_creds() {
+        Ok(creds) => creds,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; refusing the connection");
+            return false;
+        }
+    };
+    match creds.euid() {
+        Some(uid) if peer_allowed(uid, me) => {}
+        other => {
+            tracing::warn!(peer_uid = ?other, pid = ?creds.pid(), "refused a connection from another user");
+            return false;
+        }
+    }
+    let Some(pid) = creds.pid() else {
+        // Every Unix this runs on reports the pid; without it the host
+        // check cannot be made, and failing closed is the rule.
+        tracing::warn!("peer pid unknown; refusing the connection");
+        return false;
+    };
+    match hosts(pid as i32) {
+        Verdict::Outsider => true,
+        verdict => {
+            refusals.note(pid as i32, &verdict);
             false
         }
     }
 }
 
 #[cfg(not(unix))]
-fn check_peer(_stream: &Stream) -> bool {
+fn check_peer(_stream: &Stream, _hosts: &HostCheck, _refusals: &mut Refusals) -> bool {
     // Named pipes are created with a default DACL for the current user.
     true
+}
+
+/// Logs refused host connections: the first of a burst at once, then at
+/// most one line a second with how many were refused meanwhile (a host
+/// that loops on connect must not flood the log).
+#[derive(Default)]
+struct Refusals {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl Refusals {
+    fn note(&mut self, pid: i32, verdict: &Verdict) {
+        let now = std::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        let host = match verdict {
+            Verdict::Host(Some(id)) => id.as_str(),
+            Verdict::Host(None) => "(in a host cgroup)",
+            _ => "(unknown: the peer changed while it was checked)",
+        };
+        tracing::warn!(
+            extension_id = host,
+            peer_pid = pid,
+            suppressed = self.suppressed,
+            "refused a control connection from a host's process"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
 }
 
 /// Accept connections until `shutdown` turns true, then wait (briefly) for the
@@ -58,8 +114,10 @@ pub async fn run(
     listener: Listener,
     methods: Methods,
     limits: ServerLimits,
+    hosts: HostCheck,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut refusals = Refusals::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let next_id = AtomicUsize::new(1);
     let mut conns = JoinSet::new();
@@ -87,7 +145,7 @@ pub async fn run(
                 continue;
             }
         };
-        if !check_peer(&stream) {
+        if !check_peer(&stream, &hosts, &mut refusals) {
             continue; // closed without a reply
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
