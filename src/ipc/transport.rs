@@ -201,6 +201,7 @@ pub async fn connect(path: &Path) -> io::Result<(Stream, Peer)> {
             Peer {
                 same_user: true,
                 pid: None,
+                uid: None,
             },
         ))
     }

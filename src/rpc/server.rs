@@ -58,10 +58,10 @@ fn check_peer(stream: &Stream, hosts: &HostCheck, refusals: &mut Refusals) -> bo
         tracing::warn!("peer pid unknown; refusing the connection");
         return false;
     };
-    match hosts(pid as i32) {
+    match hosts(pid) {
         Verdict::Outsider => true,
         verdict => {
-            refusals.note(pid as i32, &verdict);
+            refusals.note(pid, &verdict);
             false
         }
     }
@@ -77,11 +77,13 @@ fn check_peer(_stream: &Stream, _hosts: &HostCheck, _refusals: &mut Refusals) ->
 /// most one line a second with how many were refused meanwhile (a host
 /// that loops on connect must not flood the log).
 #[derive(Default)]
+#[cfg_attr(not(unix), allow(dead_code))]
 struct Refusals {
     last: Option<std::time::Instant>,
     suppressed: u64,
 }
 
+#[cfg_attr(not(unix), allow(dead_code))]
 impl Refusals {
     fn note(&mut self, pid: i32, verdict: &Verdict) {
         let now = std::time::Instant::now();

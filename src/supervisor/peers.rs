@@ -20,8 +20,10 @@ use std::collections::HashMap;
 /// Decides about a peer from the hosts' current leader pids.
 pub struct HostPeers {
     /// Leader pid → host id.
+    #[cfg_attr(not(unix), allow(dead_code))]
     leaders: HashMap<i32, String>,
     /// `"<daemon pid>."`: the prefix of every host cgroup's name.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     cgroup_prefix: String,
 }
 
