@@ -480,6 +480,12 @@ fn sandbox_support(
         }
         tracing::warn!(landlock = %s.landlock, seccomp = %s.seccomp, "the sandbox is degraded on this kernel");
     }
+    if nix::unistd::geteuid().is_root() && config.sandbox.run_as.is_none() {
+        tracing::warn!(
+            "running as root without [sandbox] run_as: hosts run as root (with every capability dropped); \
+             to run them as an unprivileged user, set run_as = \"nobody\" (or a dedicated user) under [sandbox]"
+        );
+    }
     let mut v = serde_json::to_value(&s)?;
     v["cgroup"] = serde_json::json!(match &roots.v2 {
         Some(r) => r.display().to_string(),
@@ -514,6 +520,19 @@ fn sandbox_support(
         crate::config::SandboxProfile::Strict => "strict",
     });
     Ok(Some(v))
+}
+
+/// The daemon's memory, `/proc/<pid>/environ`, `maps` and fds are closed
+/// to every process without `CAP_SYS_PTRACE` (hosts have no capability),
+/// including processes of the daemon's own user: its environment is not the
+/// hosts' allowlisted one. The price: an unprivileged debugger or `perf` can
+/// no longer attach to the daemon (root still can), and it leaves no core
+/// file.
+#[cfg(target_os = "linux")]
+fn not_dumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make the daemon non-dumpable");
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -588,6 +607,8 @@ fn raise_nofile_limit() {
 pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     raise_nofile_limit();
+    #[cfg(target_os = "linux")]
+    not_dumpable();
     // Before anything can accept a client: a SIGTERM that arrives while we
     // start up must shut down cleanly, not kill us.
     let mut signals = Signals::new()?;

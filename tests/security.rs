@@ -780,6 +780,10 @@ async fn hosts_hold_no_capability_in_any_profile() {
             if root {
                 assert_eq!(r["CapBnd"], "0000000000000000", "{profile}: {r}");
             }
+            // The daemon is not dumpable: its environment is closed to
+            // processes without CAP_SYS_PTRACE, in every profile (strict:
+            // not even visible).
+            assert_ne!(r["daemonEnviron"], "ok", "{profile}: {r}");
             if profile == "default" {
                 // Landlock's ptrace scoping: neither the daemon's nor
                 // another host's environment is readable.

@@ -94,17 +94,21 @@ impl Refusals {
             self.suppressed += 1;
             return;
         }
-        let host = match verdict {
-            Verdict::Host(Some(id)) => id.as_str(),
-            Verdict::Host(None) => "(in a host cgroup)",
-            _ => "(unknown: the peer changed while it was checked)",
-        };
-        tracing::warn!(
-            extension_id = host,
-            peer_pid = pid,
-            suppressed = self.suppressed,
-            "refused a control connection from a host's process"
-        );
+        match verdict {
+            Verdict::Host(id) => tracing::warn!(
+                extension_id = id.as_deref().unwrap_or("(in a host cgroup)"),
+                peer_pid = pid,
+                suppressed = self.suppressed,
+                "refused a control connection from a host's process"
+            ),
+            Verdict::Unknown(why) => tracing::warn!(
+                peer_pid = pid,
+                suppressed = self.suppressed,
+                %why,
+                "refused a control connection: cannot tell whether the peer is a host's process"
+            ),
+            Verdict::Outsider => {}
+        }
         self.last = Some(now);
         self.suppressed = 0;
     }

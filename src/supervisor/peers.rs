@@ -34,8 +34,9 @@ pub enum Verdict {
     Outsider,
     /// A process of this host (its id; `None` when only its cgroup says so).
     Host(Option<String>),
-    /// The peer could not be read consistently: refused.
-    Unknown,
+    /// The peer could not be read, or changed while it was read (it exited;
+    /// the daemon is out of descriptors): refused, failing closed.
+    Unknown(String),
 }
 
 impl HostPeers {
@@ -49,13 +50,15 @@ impl HostPeers {
     pub fn judge(&self, pid: i32) -> Verdict {
         #[cfg(target_os = "linux")]
         {
-            let Some(before) = Proc::read(pid) else {
-                return Verdict::Unknown;
+            let before = match Proc::read(pid) {
+                Ok(p) => p,
+                Err(e) => return Verdict::Unknown(format!("cannot read /proc/{pid}: {e}")),
             };
             let verdict = self.judge_proc(pid, &before);
             match Proc::read(pid) {
-                Some(after) if after.start_time == before.start_time => verdict,
-                _ => Verdict::Unknown,
+                Ok(after) if after.start_time == before.start_time => verdict,
+                Ok(_) => Verdict::Unknown(format!("pid {pid} was reused while it was checked")),
+                Err(e) => Verdict::Unknown(format!("cannot read /proc/{pid}: {e}")),
             }
         }
         #[cfg(all(unix, not(target_os = "linux")))]
@@ -63,7 +66,7 @@ impl HostPeers {
             use nix::unistd::{Pid, getpgid, getsid};
             let p = Some(Pid::from_raw(pid));
             let (Ok(g), Ok(s)) = (getpgid(p), getsid(p)) else {
-                return Verdict::Unknown;
+                return Verdict::Unknown(format!("pid {pid} is gone"));
             };
             match self
                 .leaders
@@ -107,8 +110,8 @@ impl HostPeers {
                 break;
             }
             match Proc::read(ppid) {
-                Some(up) => ppid = up.ppid,
-                None => break,
+                Ok(up) => ppid = up.ppid,
+                Err(_) => break,
             }
         }
         Verdict::Outsider
@@ -128,18 +131,22 @@ struct Proc {
 
 #[cfg(target_os = "linux")]
 impl Proc {
-    fn read(pid: i32) -> Option<Proc> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
+    fn read(pid: i32) -> std::io::Result<Proc> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "unparsable stat");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let rest = &stat[stat.rfind(')').ok_or_else(bad)? + 1..];
         let f: Vec<&str> = rest.split_whitespace().collect();
         // After the command name, field N of stat(5) is at index N - 3.
-        let num = |n: usize| f.get(n - 3)?.parse::<i64>().ok();
-        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()?
+        let num = |n: usize| {
+            f.get(n - 3)
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(bad)
+        };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
             .lines()
             .filter_map(|l| l.splitn(3, ':').nth(2).map(String::from))
             .collect();
-        Some(Proc {
+        Ok(Proc {
             ppid: num(4)? as i32,
             pgrp: num(5)? as i32,
             session: num(6)? as i32,
@@ -186,13 +193,16 @@ mod tests {
         let _ = child.wait();
         assert!(
             matches!(v, Verdict::Host(Some(ref id)) if id == "acme.parent")
-                || v == Verdict::Unknown,
+                || matches!(v, Verdict::Unknown(_)),
             "{v:?}"
         );
     }
 
     #[test]
     fn a_gone_pid_is_unknown() {
-        assert_eq!(HostPeers::new([]).judge(i32::MAX - 1), Verdict::Unknown);
+        assert!(matches!(
+            HostPeers::new([]).judge(i32::MAX - 1),
+            Verdict::Unknown(_)
+        ));
     }
 }
