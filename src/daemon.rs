@@ -4,6 +4,7 @@
 //! thin wrapper around [`load_config`], [`init_logging`] and [`run`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -59,9 +60,32 @@ pub fn load_config(opts: &Options) -> Result<Config, config::ConfigError> {
 /// Keep this alive for as long as logs should reach the file.
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
-/// Log to stderr (the journal under systemd) and to a daily-rotated file in
-/// `log_dir` (default: the state directory), keeping `log_max_files`.
-pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard, PathBuf)> {
+/// What [`init_logging`] set up.
+pub struct Logging {
+    /// Flushes the file on drop.
+    pub guard: LogGuard,
+    /// The log directory.
+    pub dir: PathBuf,
+    /// Asks the file writer to reopen its file (SIGUSR1).
+    pub reopen: LogReopen,
+}
+
+/// A handle that makes the log file writer reopen its file before its next
+/// write: after `logrotate` (or a person) renamed or removed it, logging
+/// goes on in a new file of the same name.
+#[derive(Debug, Clone, Default)]
+pub struct LogReopen(Arc<AtomicBool>);
+
+impl LogReopen {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Log to stderr (the journal under systemd) and to a daily file in
+/// `log_dir` (default: the state directory), keeping `log_max_files`. The
+/// directory is 0700 and the files 0600, whatever the umask.
+pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<Logging> {
     use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
@@ -69,15 +93,31 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard
         .log_dir
         .clone()
         .unwrap_or_else(|| paths::resolve_state_dir(opts.state_dir.as_deref()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
-    let appender = tracing_appender::rolling::Builder::new()
-        .rotation(tracing_appender::rolling::Rotation::DAILY)
-        .filename_prefix("dscode-hostd")
-        .filename_suffix("log")
-        .max_log_files(config.log_max_files)
-        .build(&dir)
+    #[cfg(unix)]
+    let what = if config.log_dir.is_some() {
+        "log directory"
+    } else {
+        "state directory"
+    };
+    #[cfg(unix)]
+    let tightened = paths::make_private_dir(&dir, what)?;
+    #[cfg(not(unix))]
+    let tightened = {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating log dir {}", dir.display()))?;
+        false
+    };
+    let reopen = LogReopen::default();
+    let mut log_file = LogFile {
+        dir: dir.clone(),
+        max_files: config.log_max_files,
+        current: None,
+        reopen: reopen.clone(),
+    };
+    log_file
+        .open()
         .with_context(|| format!("opening a log file in {}", dir.display()))?;
-    let (file, guard) = tracing_appender::non_blocking(appender);
+    let (file, guard) = tracing_appender::non_blocking(log_file);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (stderr_layer, file_layer) = match config.log_format {
         LogFormat::Text => (
@@ -106,7 +146,118 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard
         .with(file_layer.with_filter(filter()))
         .try_init()
         .context("installing the tracing subscriber")?;
-    Ok((guard, dir))
+    if tightened {
+        tracing::warn!(dir = %dir.display(), "the log directory was open to group or others: made it 0700 (its files are 0600)");
+    }
+    Ok(Logging { guard, dir, reopen })
+}
+
+const LOG_PREFIX: &str = "dscode-hostd.";
+const LOG_SUFFIX: &str = ".log";
+
+/// The daily log file `<dir>/dscode-hostd.YYYY-MM-DD.log` (UTC dates, as
+/// tracing-appender named them before): created 0600 whatever the umask,
+/// at most `max_files` kept (0: all), a new one each day, and reopened when
+/// [`LogReopen`] asks. tracing-appender's own rolling writer can neither set
+/// a mode nor reopen.
+struct LogFile {
+    dir: PathBuf,
+    max_files: usize,
+    /// The date and the open file.
+    current: Option<(String, std::fs::File)>,
+    reopen: LogReopen,
+}
+
+impl LogFile {
+    fn today() -> String {
+        let mut d = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        d.truncate(10);
+        d
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        let date = Self::today();
+        let name = format!("{LOG_PREFIX}{date}{LOG_SUFFIX}");
+        self.prune(&name);
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = options.open(self.dir.join(&name))?;
+        // A file an older version created keeps its mode: set it.
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        self.current = Some((date, file));
+        Ok(())
+    }
+
+    /// Delete the oldest log files so that, with `keep` about to be opened,
+    /// at most `max_files` remain; make the others 0600.
+    fn prune(&self, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut old: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(LOG_PREFIX) && n.ends_with(LOG_SUFFIX) && n != keep)
+            .collect();
+        old.sort();
+        let excess = if self.max_files == 0 {
+            0
+        } else {
+            old.len().saturating_sub(self.max_files - 1)
+        };
+        for n in &old[..excess] {
+            let _ = std::fs::remove_file(self.dir.join(n));
+        }
+        // Files an older version wrote with the umask's mode.
+        #[cfg(unix)]
+        for n in &old[excess..] {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.dir.join(n);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let stale = match &self.current {
+            Some((date, _)) => *date != Self::today(),
+            None => true,
+        };
+        if self.reopen.0.swap(false, Ordering::SeqCst) || stale {
+            if let Some((_, f)) = &mut self.current {
+                let _ = f.flush();
+            }
+            if let Err(e) = self.open() {
+                if self.current.is_none() {
+                    return Err(e);
+                }
+                // Out of descriptors, say: keep the old file, and try
+                // again at the next line.
+                self.reopen.request();
+            }
+        }
+        match &mut self.current {
+            Some((_, f)) => f.write(buf),
+            None => Err(std::io::Error::other("no log file")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.current {
+            Some((_, f)) => f.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -608,6 +759,11 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     let _lock = paths::lock_instance(&socket)?;
     let state_dir = paths::resolve_state_dir(opts.state_dir.as_deref());
+    #[cfg(unix)]
+    if paths::make_private_dir(&state_dir, "state directory")? {
+        tracing::warn!(dir = %state_dir.display(), "the state directory was open to group or others: made it 0700");
+    }
+    #[cfg(not(unix))]
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     // Hosts a SIGKILLed predecessor left behind (its direct children died

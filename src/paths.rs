@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error(
-        "refusing to use socket directory {path}: it is {problem}. \
-         It must be owned by uid {uid} with mode 0700. \
-         Fix: `chmod 700 {path}` (or remove it and let dscode-hostd create it)"
+        "refusing to use {what} {path}: it is {problem}. \
+         It must be owned by uid {uid} with mode 0700. Fix: {fix}"
     )]
     InsecureDir {
+        /// "socket directory", "state directory", "log directory".
+        what: &'static str,
         path: PathBuf,
         problem: String,
         uid: u32,
+        fix: String,
     },
     #[error("cannot create directory {path}: {source}")]
     Create {
@@ -24,6 +26,12 @@ pub enum PathError {
     },
     #[error("cannot inspect {path}: {source}")]
     Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make {path} private (chmod 700): {source}")]
+    Chmod {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -95,42 +103,117 @@ pub fn resolve_state_dir(cli: Option<&Path>) -> PathBuf {
         .unwrap_or_else(|| std::env::temp_dir().join("dscode-hostd-state"))
 }
 
-/// Create `dir` (mode 0700) if missing, then insist it is ours and private.
+/// What is wrong with `meta` for a private directory of ours, if anything.
 #[cfg(unix)]
-pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| PathError::Create {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| PathError::Stat {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let uid = current_uid();
+fn dir_problem(meta: &std::fs::Metadata, uid: u32) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = meta.permissions().mode() & 0o7777;
-    let problem = if !meta.is_dir() {
+    if meta.file_type().is_symlink() {
+        Some("a symbolic link".to_string())
+    } else if !meta.is_dir() {
         Some("not a directory".to_string())
     } else if meta.uid() != uid {
-        Some(format!("owned by uid {}", meta.uid()))
+        Some(format!(
+            "owned by uid {} (another user created it)",
+            meta.uid()
+        ))
     } else if mode & 0o077 != 0 {
         Some(format!("accessible to group or others (mode {mode:04o})"))
     } else {
         None
+    }
+}
+
+/// Create `dir` 0700 if nothing is there (missing parents get the usual
+/// mode: `~/.local` need not be private, `~/.local/state/dscode-hostd` is).
+#[cfg(unix)]
+fn create_private(dir: &Path) -> Result<(), PathError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
+    }
+    let err = |source| PathError::Create {
+        path: dir.to_path_buf(),
+        source,
     };
-    match problem {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(err(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+fn stat(path: &Path) -> Result<std::fs::Metadata, PathError> {
+    std::fs::symlink_metadata(path).map_err(|source| PathError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Create `dir` (mode 0700) if missing, then insist it is ours and private
+/// (the socket directory: a loose one is refused, not repaired).
+#[cfg(unix)]
+pub fn ensure_private_dir(dir: &Path) -> Result<(), PathError> {
+    create_private(dir)?;
+    let meta = stat(dir)?;
+    let uid = current_uid();
+    match dir_problem(&meta, uid) {
+        Some(problem) => {
+            let fix = if problem.starts_with("accessible") {
+                format!(
+                    "`chmod 700 {}` (or remove it and let dscode-hostd create it)",
+                    dir.display()
+                )
+            } else {
+                "pass --socket (or set DSCODE_HOSTD_SOCKET or XDG_RUNTIME_DIR) to a path \
+                 in a directory you own; the owner of this one (or root) can remove it"
+                    .to_string()
+            };
+            Err(PathError::InsecureDir {
+                what: "socket directory",
+                path: dir.to_path_buf(),
+                problem,
+                uid,
+                fix,
+            })
+        }
+        None => Ok(()),
+    }
+}
+
+/// A directory the daemon writes private files into (its state directory,
+/// its log directory): created 0700 if missing; if it is ours but open to
+/// group or others, it is made 0700 (returns `true`: the caller logs it).
+/// One owned by another user, a symlink or a non-directory is refused.
+#[cfg(unix)]
+pub fn make_private_dir(dir: &Path, what: &'static str) -> Result<bool, PathError> {
+    use std::os::unix::fs::PermissionsExt;
+    create_private(dir)?;
+    let meta = stat(dir)?;
+    let uid = current_uid();
+    match dir_problem(&meta, uid) {
+        None => Ok(false),
+        Some(p) if p.starts_with("accessible") => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| PathError::Chmod {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            )?;
+            Ok(true)
+        }
         Some(problem) => Err(PathError::InsecureDir {
+            what,
             path: dir.to_path_buf(),
             problem,
             uid,
+            fix: "pass --state-dir (or set log_dir) to a directory you own; the owner of \
+                  this one (or root) can remove it"
+                .to_string(),
         }),
-        None => Ok(()),
     }
 }
 
@@ -205,6 +288,20 @@ mod tests {
             lock_instance(&sock),
             Err(PathError::AlreadyRunning { .. })
         ));
+    }
+
+    #[test]
+    fn a_loose_state_dir_of_ours_is_made_private() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(make_private_dir(t.path(), "state directory").unwrap());
+        let mode = std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(!make_private_dir(t.path(), "state directory").unwrap());
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path(), &link).unwrap();
+        let err = make_private_dir(&link, "state directory").unwrap_err();
+        assert!(err.to_string().contains("a symbolic link"), "{err}");
     }
 
     #[test]

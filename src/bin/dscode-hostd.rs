@@ -24,7 +24,7 @@ struct Args {
     /// $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, /tmp/dscode-hostd-<uid>/hostd.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// State directory [default: ~/.local/state/dscode-hostd]
+    /// State directory, made 0700 [default: ~/.local/state/dscode-hostd]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -43,8 +43,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _guard = match daemon::init_logging(&config, &opts) {
-        Ok((guard, _dir)) => guard,
+    let logging = match daemon::init_logging(&config, &opts) {
+        Ok(logging) => logging,
         Err(e) => {
             eprintln!("dscode-hostd: error: {e:#}");
             return ExitCode::FAILURE;
@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _guard = logging.guard;
     match runtime.block_on(daemon::run(opts, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -121,11 +121,18 @@ impl Records {
     }
 }
 
-/// Temp file, fsync, rename, fsync the directory.
+/// Temp file (0600 whatever the umask), fsync, rename, fsync the directory.
 fn write_atomic(path: &Path, records: &[Record]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
+        // A temp file left by an older daemon keeps its mode: set it.
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(&serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
     }
