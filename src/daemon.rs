@@ -734,8 +734,10 @@ fn raise_nofile_limit() {
     );
 }
 
-/// Run the daemon in the foreground until SIGTERM, SIGINT or `daemon.shutdown`.
-pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
+/// Run the daemon in the foreground until SIGTERM, SIGINT, SIGQUIT, SIGXCPU
+/// or `daemon.shutdown` (see [`Signals`] for every signal). `logs` reopens
+/// the log file on SIGUSR1.
+pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::Result<()> {
     #[cfg(unix)]
     raise_nofile_limit();
     // Before anything can accept a client: a SIGTERM that arrives while we
@@ -832,8 +834,11 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
                 Sig::Hup => {
                     let _ = reload(&opts, &mut config, &supervisor, &state).await;
                 }
+                Sig::Usr1 => reopen_log(&logs),
                 Sig::Term => break "SIGTERM",
                 Sig::Int => break "SIGINT",
+                Sig::Quit => break "SIGQUIT",
+                Sig::XCpu => break "SIGXCPU (CPU time limit)",
             },
             Some(c) = control_rx.recv() => match c {
                 Control::Reload(reply) => {
@@ -851,8 +856,10 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             () = &mut stop_all => break,
-            s = signals.next() => {
-                if s != Sig::Hup {
+            s = signals.next() => match s {
+                Sig::Hup => {}
+                Sig::Usr1 => reopen_log(&logs),
+                Sig::Term | Sig::Int | Sig::Quit | Sig::XCpu => {
                     tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
                     supervisor.kill_all_now();
                 }
@@ -942,15 +949,69 @@ async fn report_status(supervisor: Arc<Supervisor>) {
     }
 }
 
+/// SIGUSR1: the next log line goes to a freshly opened file.
+fn reopen_log(logs: &LogReopen) {
+    logs.request();
+    tracing::info!(signal = "SIGUSR1", "reopened the log file");
+}
+
+// Windows has no SIGQUIT, SIGUSR1 or SIGXCPU.
+#[cfg_attr(windows, allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sig {
     Term,
     Int,
     Hup,
+    /// Graceful shutdown, like SIGTERM (not a core dump).
+    Quit,
+    /// Reopen the log file.
+    Usr1,
+    /// The soft CPU-time limit was reached; SIGKILL follows at the hard one:
+    /// shut down gracefully while there is time.
+    XCpu,
 }
 
-/// SIGTERM, SIGINT and SIGHUP as one stream; on Windows, Ctrl-C (as
-/// SIGINT) and Ctrl-Break, console close and system shutdown (as SIGTERM).
+/// Signals whose default action would end the daemon without clean-up and
+/// that mean nothing to it: caught and logged, so they cannot kill it.
+/// (SIGPIPE is ignored by the Rust runtime; faults such as SIGSEGV, SIGBUS,
+/// SIGILL, SIGFPE, SIGABRT, SIGTRAP and SIGSYS are left alone: they report
+/// bugs.) Handlers, unlike `SIG_IGN`, are reset by `execve`, so hosts still
+/// get the default dispositions.
+#[cfg(unix)]
+fn ignored_signals() -> Vec<(i32, String)> {
+    // Extended below on Linux only.
+    #[cfg_attr(
+        not(any(target_os = "linux", target_os = "android")),
+        allow(unused_mut)
+    )]
+    let mut v: Vec<(i32, String)> = vec![
+        (libc::SIGUSR2, "SIGUSR2".into()),
+        (libc::SIGALRM, "SIGALRM".into()),
+        (libc::SIGVTALRM, "SIGVTALRM".into()),
+        (libc::SIGPROF, "SIGPROF".into()),
+        (libc::SIGIO, "SIGIO (SIGPOLL)".into()),
+        (libc::SIGXFSZ, "SIGXFSZ".into()),
+    ];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        v.push((libc::SIGSTKFLT, "SIGSTKFLT".into()));
+        v.push((libc::SIGPWR, "SIGPWR".into()));
+        for n in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            let name = if n == libc::SIGRTMIN() {
+                "SIGRTMIN".to_string()
+            } else {
+                format!("SIGRTMIN+{}", n - libc::SIGRTMIN())
+            };
+            v.push((n, name));
+        }
+    }
+    v
+}
+
+/// The signals the main loop acts on, as one stream; on Windows, Ctrl-C
+/// (as SIGINT) and Ctrl-Break, console close and system shutdown (as
+/// SIGTERM). The ones in [`ignored_signals`] are logged by tasks of their
+/// own. The README's signal table lists them all.
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
@@ -958,6 +1019,14 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    quit: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    xcpu: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    ignored: Vec<tokio::task::JoinHandle<()>>,
     #[cfg(windows)]
     ctrl_c: tokio::signal::windows::CtrlC,
     #[cfg(windows)]
@@ -973,10 +1042,29 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
+            let mut ignored = Vec::new();
+            for (n, name) in ignored_signals() {
+                match signal(SignalKind::from_raw(n)) {
+                    Ok(mut s) => ignored.push(tokio::spawn(async move {
+                        while s.recv().await.is_some() {
+                            tracing::info!(signal = %name, "ignored a signal (it has no meaning to dscode-hostd)");
+                        }
+                    })),
+                    // tokio keeps no slot for the very last real-time
+                    // signal: a do-nothing handler keeps it harmless.
+                    Err(_) => ignore_silently(n)
+                        .with_context(|| format!("installing a handler for {name}"))?,
+                }
+            }
             Ok(Signals {
                 term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
                 int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
                 hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+                quit: signal(SignalKind::quit()).context("installing SIGQUIT handler")?,
+                usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
+                xcpu: signal(SignalKind::from_raw(libc::SIGXCPU))
+                    .context("installing SIGXCPU handler")?,
+                ignored,
             })
         }
         #[cfg(windows)]
@@ -998,6 +1086,9 @@ impl Signals {
                 _ = self.term.recv() => Sig::Term,
                 _ = self.int.recv() => Sig::Int,
                 _ = self.hup.recv() => Sig::Hup,
+                _ = self.quit.recv() => Sig::Quit,
+                _ = self.usr1.recv() => Sig::Usr1,
+                _ = self.xcpu.recv() => Sig::XCpu,
             }
         }
         #[cfg(windows)]
@@ -1010,4 +1101,29 @@ impl Signals {
             }
         }
     }
+}
+
+#[cfg(unix)]
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for t in &self.ignored {
+            t.abort();
+        }
+    }
+}
+
+/// A handler that does nothing, for a signal tokio cannot listen for.
+#[cfg(unix)]
+fn ignore_silently(n: i32) -> std::io::Result<()> {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: all zeroes is a valid `sigaction` (no flags, an empty mask).
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: the handler does nothing, so it is async-signal-safe; `sa`
+    // outlives the call and the old action is not asked for.
+    if unsafe { libc::sigaction(n, &raw const sa, std::ptr::null_mut()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -486,3 +486,30 @@ async fn state_and_logs_are_private_whatever_the_umask() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_log_file() {
+    timed(async {
+        let mut d = Daemon::start();
+        let state = d.dir.join("state");
+        let files = log_files(&state);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let current = files[0].clone();
+        // What logrotate does: move the file away, then signal.
+        let rotated = state.join("rotated.log.1");
+        std::fs::rename(&current, &rotated).unwrap();
+        signal(d.pid(), libc::SIGUSR1);
+        d.wait_for_log("reopened the log file", S10);
+        eventually(S10, "the reopened file has the reopen line", || {
+            std::fs::read_to_string(&current).is_ok_and(|t| t.contains("reopened the log file"))
+        })
+        .await;
+        assert_eq!(launch::mode(&current), 0o600);
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert!(old.contains("listening"), "{old}");
+        assert!(!old.contains("reopened the log file"), "{old}");
+        signal(d.pid(), SIGTERM);
+        assert_eq!(d.wait_exit(S10).await.code(), Some(0));
+    })
+    .await;
+}

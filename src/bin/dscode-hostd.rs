@@ -14,7 +14,10 @@ use dscode_hostd::daemon;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Example: dscode-hostd --socket /tmp/hostd-demo/hostd.sock"
+    after_help = "Signals: TERM, INT, QUIT stop every host and exit 0; HUP reloads the config; \
+                  USR1 reopens the log file; USR2, ALRM and the other signals whose default \
+                  would kill the daemon are logged and ignored.\n\n\
+                  Example: dscode-hostd --socket /tmp/hostd-demo/hostd.sock"
 )]
 struct Args {
     /// Config file (TOML) [default: ~/.config/dscode-hostd/config.toml if it exists]
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
         }
     };
     let _guard = logging.guard;
-    match runtime.block_on(daemon::run(opts, config)) {
+    match runtime.block_on(daemon::run(opts, config, logging.reopen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
