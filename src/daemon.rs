@@ -50,9 +50,29 @@ pub fn config_source(opts: &Options) -> Option<(PathBuf, bool)> {
     }
 }
 
-pub fn load_config(opts: &Options) -> Result<Config, config::ConfigError> {
+/// Why the config could not be loaded: the file itself, or who may write it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Unsafe(#[from] paths::PathError),
+}
+
+/// Load the config (at start-up and at every reload). A file that exists is
+/// first checked to be owned by this user (or root) and not writable by
+/// group or others, its directory likewise: whoever can write it chooses
+/// what the daemon runs.
+pub fn load_config(opts: &Options) -> Result<Config, LoadError> {
     match config_source(opts) {
-        Some((p, required)) => Config::load(&p, required),
+        Some((p, required)) => {
+            // A missing file is the loader's to report (or to default).
+            #[cfg(unix)]
+            if p.exists() {
+                paths::check_config_file(&p)?;
+            }
+            Ok(Config::load(&p, required)?)
+        }
         None => Ok(Config::default()),
     }
 }
@@ -264,9 +284,10 @@ impl std::io::Write for LogFile {
 fn bind(socket: &Path) -> anyhow::Result<Listener> {
     use interprocess::local_socket::{GenericFilePath, ToFsName};
     use interprocess::os::unix::local_socket::ListenerOptionsExt;
-    // We hold the instance lock, so an existing file is a dead daemon's,
-    // unless something without the lock answers on it.
-    if socket.exists() {
+    // We hold the instance lock, so an existing socket is a dead daemon's,
+    // unless something without the lock answers on it. Anything that is not
+    // a socket (a user's file named by mistake) is never removed.
+    if paths::existing_socket(socket)? {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             anyhow::bail!(
                 "another process is serving socket {}; stop it first, or pass a different --socket",
@@ -768,9 +789,20 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
     #[cfg(not(unix))]
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let cgroups = cgroup_roots(&config);
     // Hosts a SIGKILLed predecessor left behind (its direct children died
-    // with it through PDEATHSIG; their own children may not have).
-    for r in crate::supervisor::records::reap_leftovers(&state_dir.join("running.json")) {
+    // with it through PDEATHSIG; their own children may not have): only
+    // what the record proves was ours (our cgroup roots, our hosts'
+    // environment, the recorded group leader and start time).
+    // Records name only cgroup2 cgroups (the v1 ones hold limits, not
+    // processes to kill).
+    let provenance = crate::supervisor::records::Provenance {
+        cgroup_roots: cgroups.v2.iter().cloned().collect(),
+        runtime_dir: runtime_dir.clone(),
+    };
+    for r in
+        crate::supervisor::records::reap_leftovers(&state_dir.join("running.json"), &provenance)
+    {
         tracing::warn!(leftover = %r, "killed a host left by a previous daemon");
     }
     let listener = match inherited {
@@ -778,7 +810,6 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
         None => bind(&socket)?,
     };
 
-    let cgroups = cgroup_roots(&config);
     let supervisor = Supervisor::new(supervisor_config(
         &config,
         runtime_dir.clone(),

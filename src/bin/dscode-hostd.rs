@@ -1,7 +1,8 @@
 //! `dscode-hostd`: the extension-host supervisor daemon. Runs in the
 //! foreground; systemd or launchd supervise it.
 //!
-//! Exit status: 0 after a clean shutdown, 2 for a config error, 1 otherwise.
+//! Exit status: 0 after a clean shutdown, 2 for a config error (or a config
+//! file others could write), 1 otherwise.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,11 +24,15 @@ struct Args {
     /// Config file (TOML) [default: ~/.config/dscode-hostd/config.toml if it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Control socket [default: $DSCODE_HOSTD_SOCKET, config `socket`,
-    /// $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, /tmp/dscode-hostd-<uid>/hostd.sock]
+    /// Control socket [default: $DSCODE_HOSTD_SOCKET, else config `socket`,
+    /// else $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, else
+    /// ${XDG_STATE_HOME:-~/.local/state}/dscode-hostd/run/hostd.sock; only
+    /// without a home directory /tmp/dscode-hostd-<uid>/hostd.sock, whose
+    /// owner is checked]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// State directory, made 0700 [default: ~/.local/state/dscode-hostd]
+    /// State directory, made 0700 [default: ~/.local/state/dscode-hostd;
+    /// without a home directory /tmp/dscode-hostd-state-<uid>]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
