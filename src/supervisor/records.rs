@@ -280,6 +280,13 @@ fn reap_record(r: &Record, provenance: &Provenance) -> Vec<String> {
             if cg.populated() {
                 cg.kill();
                 reaped.push(format!("{} (cgroup {})", r.extension_id, dir.display()));
+                // SIGKILLed processes are gone within milliseconds; wait a
+                // little so the cgroup can be removed now (a later start
+                // removes it otherwise). Once per leftover, at start-up.
+                let deadline = std::time::Instant::now() + Duration::from_millis(500);
+                while cg.populated() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             cg.remove();
         }
