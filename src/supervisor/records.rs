@@ -385,6 +385,37 @@ mod tests {
         assert_eq!(start_time(i32::MAX), None);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_running_json_others_can_write_is_ignored_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        let text = r#"[{"extensionId":"x","pid":1,"pgid":1,"startTime":1}]"#;
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622)).unwrap();
+        assert!(reap_leftovers(&path, &Provenance::default()).is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_records_are_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        // A temp file an older version left with the umask's mode.
+        std::fs::write(path.with_extension("json.tmp"), "").unwrap();
+        std::fs::set_permissions(
+            path.with_extension("json.tmp"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        write_atomic(&path, &[]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     #[test]
     fn a_recycled_pid_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
