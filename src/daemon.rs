@@ -879,20 +879,26 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
             },
         }
     };
+    let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
+    tokio::pin!(stop_all);
+    // Its first poll makes the supervisor refuse mutations (-32005): do it
+    // before saying so, or a request sent on seeing this line could still
+    // be accepted.
+    let stopped = futures_util::FutureExt::now_or_never(&mut stop_all).is_some();
     tracing::info!(reason = why, "shutting down: stopping every host");
     notify(Notice::Stopping);
     status_task.abort();
-    let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
-    tokio::pin!(stop_all);
-    loop {
-        tokio::select! {
-            () = &mut stop_all => break,
-            s = signals.next() => match s {
-                Sig::Hup => {}
-                Sig::Usr1 => reopen_log(&logs),
-                Sig::Term | Sig::Int | Sig::Quit | Sig::XCpu => {
-                    tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
-                    supervisor.kill_all_now();
+    if !stopped {
+        loop {
+            tokio::select! {
+                () = &mut stop_all => break,
+                s = signals.next() => match s {
+                    Sig::Hup => {}
+                    Sig::Usr1 => reopen_log(&logs),
+                    Sig::Term | Sig::Int | Sig::Quit | Sig::XCpu => {
+                        tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
+                        supervisor.kill_all_now();
+                    }
                 }
             }
         }
