@@ -495,6 +495,11 @@ async fn sigusr1_reopens_the_log_file() {
         let files = log_files(&state);
         assert_eq!(files.len(), 1, "{files:?}");
         let current = files[0].clone();
+        // The file is written by a worker thread: let it catch up first.
+        eventually(S10, "the log file has the start-up lines", || {
+            std::fs::read_to_string(&current).is_ok_and(|t| t.contains("listening"))
+        })
+        .await;
         // What logrotate does: move the file away, then signal.
         let rotated = state.join("rotated.log.1");
         std::fs::rename(&current, &rotated).unwrap();
