@@ -4,6 +4,7 @@
 //! thin wrapper around [`load_config`], [`init_logging`] and [`run`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,9 +50,29 @@ pub fn config_source(opts: &Options) -> Option<(PathBuf, bool)> {
     }
 }
 
-pub fn load_config(opts: &Options) -> Result<Config, config::ConfigError> {
+/// Why the config could not be loaded: the file itself, or who may write it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Unsafe(#[from] paths::PathError),
+}
+
+/// Load the config (at start-up and at every reload). A file that exists is
+/// first checked to be owned by this user (or root) and not writable by
+/// group or others, its directory likewise: whoever can write it chooses
+/// what the daemon runs.
+pub fn load_config(opts: &Options) -> Result<Config, LoadError> {
     match config_source(opts) {
-        Some((p, required)) => Config::load(&p, required),
+        Some((p, required)) => {
+            // A missing file is the loader's to report (or to default).
+            #[cfg(unix)]
+            if p.exists() {
+                paths::check_config_file(&p)?;
+            }
+            Ok(Config::load(&p, required)?)
+        }
         None => Ok(Config::default()),
     }
 }
@@ -59,9 +80,32 @@ pub fn load_config(opts: &Options) -> Result<Config, config::ConfigError> {
 /// Keep this alive for as long as logs should reach the file.
 pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 
-/// Log to stderr (the journal under systemd) and to a daily-rotated file in
-/// `log_dir` (default: the state directory), keeping `log_max_files`.
-pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard, PathBuf)> {
+/// What [`init_logging`] set up.
+pub struct Logging {
+    /// Flushes the file on drop.
+    pub guard: LogGuard,
+    /// The log directory.
+    pub dir: PathBuf,
+    /// Asks the file writer to reopen its file (SIGUSR1).
+    pub reopen: LogReopen,
+}
+
+/// A handle that makes the log file writer reopen its file before its next
+/// write: after `logrotate` (or a person) renamed or removed it, logging
+/// goes on in a new file of the same name.
+#[derive(Debug, Clone, Default)]
+pub struct LogReopen(Arc<AtomicBool>);
+
+impl LogReopen {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Log to stderr (the journal under systemd) and to a daily file in
+/// `log_dir` (default: the state directory), keeping `log_max_files`. The
+/// directory is 0700 and the files 0600, whatever the umask.
+pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<Logging> {
     use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
@@ -69,15 +113,31 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard
         .log_dir
         .clone()
         .unwrap_or_else(|| paths::resolve_state_dir(opts.state_dir.as_deref()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating log dir {}", dir.display()))?;
-    let appender = tracing_appender::rolling::Builder::new()
-        .rotation(tracing_appender::rolling::Rotation::DAILY)
-        .filename_prefix("dscode-hostd")
-        .filename_suffix("log")
-        .max_log_files(config.log_max_files)
-        .build(&dir)
+    #[cfg(unix)]
+    let what = if config.log_dir.is_some() {
+        "log directory"
+    } else {
+        "state directory"
+    };
+    #[cfg(unix)]
+    let tightened = paths::make_private_dir(&dir, what)?;
+    #[cfg(not(unix))]
+    let tightened = {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating log dir {}", dir.display()))?;
+        false
+    };
+    let reopen = LogReopen::default();
+    let mut log_file = LogFile {
+        dir: dir.clone(),
+        max_files: config.log_max_files,
+        current: None,
+        reopen: reopen.clone(),
+    };
+    log_file
+        .open()
         .with_context(|| format!("opening a log file in {}", dir.display()))?;
-    let (file, guard) = tracing_appender::non_blocking(appender);
+    let (file, guard) = tracing_appender::non_blocking(log_file);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (stderr_layer, file_layer) = match config.log_format {
         LogFormat::Text => (
@@ -106,16 +166,128 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<(LogGuard
         .with(file_layer.with_filter(filter()))
         .try_init()
         .context("installing the tracing subscriber")?;
-    Ok((guard, dir))
+    if tightened {
+        tracing::warn!(dir = %dir.display(), "the log directory was open to group or others: made it 0700 (its files are 0600)");
+    }
+    Ok(Logging { guard, dir, reopen })
+}
+
+const LOG_PREFIX: &str = "dscode-hostd.";
+const LOG_SUFFIX: &str = ".log";
+
+/// The daily log file `<dir>/dscode-hostd.YYYY-MM-DD.log` (UTC dates, as
+/// tracing-appender named them before): created 0600 whatever the umask,
+/// at most `max_files` kept (0: all), a new one each day, and reopened when
+/// [`LogReopen`] asks. tracing-appender's own rolling writer can neither set
+/// a mode nor reopen.
+struct LogFile {
+    dir: PathBuf,
+    max_files: usize,
+    /// The date and the open file.
+    current: Option<(String, std::fs::File)>,
+    reopen: LogReopen,
+}
+
+impl LogFile {
+    fn today() -> String {
+        let mut d = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        d.truncate(10);
+        d
+    }
+
+    fn open(&mut self) -> std::io::Result<()> {
+        let date = Self::today();
+        let name = format!("{LOG_PREFIX}{date}{LOG_SUFFIX}");
+        self.prune(&name);
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        }
+        let file = options.open(self.dir.join(&name))?;
+        // A file an older version created keeps its mode: set it.
+        #[cfg(unix)]
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        self.current = Some((date, file));
+        Ok(())
+    }
+
+    /// Delete the oldest log files so that, with `keep` about to be opened,
+    /// at most `max_files` remain; make the others 0600.
+    fn prune(&self, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut old: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(LOG_PREFIX) && n.ends_with(LOG_SUFFIX) && n != keep)
+            .collect();
+        old.sort();
+        let excess = if self.max_files == 0 {
+            0
+        } else {
+            old.len().saturating_sub(self.max_files - 1)
+        };
+        for n in &old[..excess] {
+            let _ = std::fs::remove_file(self.dir.join(n));
+        }
+        // Files an older version wrote with the umask's mode.
+        #[cfg(unix)]
+        for n in &old[excess..] {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.dir.join(n);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+            }
+        }
+    }
+}
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let stale = match &self.current {
+            Some((date, _)) => *date != Self::today(),
+            None => true,
+        };
+        if self.reopen.0.swap(false, Ordering::SeqCst) || stale {
+            if let Some((_, f)) = &mut self.current {
+                let _ = f.flush();
+            }
+            if let Err(e) = self.open() {
+                if self.current.is_none() {
+                    return Err(e);
+                }
+                // Out of descriptors, say: keep the old file, and try
+                // again at the next line.
+                self.reopen.request();
+            }
+        }
+        match &mut self.current {
+            Some((_, f)) => f.write(buf),
+            None => Err(std::io::Error::other("no log file")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.current {
+            Some((_, f)) => f.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(unix)]
 fn bind(socket: &Path) -> anyhow::Result<Listener> {
     use interprocess::local_socket::{GenericFilePath, ToFsName};
     use interprocess::os::unix::local_socket::ListenerOptionsExt;
-    // We hold the instance lock, so an existing file is a dead daemon's,
-    // unless something without the lock answers on it.
-    if socket.exists() {
+    // We hold the instance lock, so an existing socket is a dead daemon's,
+    // unless something without the lock answers on it. Anything that is not
+    // a socket (a user's file named by mistake) is never removed.
+    if paths::existing_socket(socket)? {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             anyhow::bail!(
                 "another process is serving socket {}; stop it first, or pass a different --socket",
@@ -603,8 +775,10 @@ fn raise_nofile_limit() {
     );
 }
 
-/// Run the daemon in the foreground until SIGTERM, SIGINT or `daemon.shutdown`.
-pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
+/// Run the daemon in the foreground until SIGTERM, SIGINT, SIGQUIT, SIGXCPU
+/// or `daemon.shutdown` (see [`Signals`] for every signal). `logs` reopens
+/// the log file on SIGUSR1.
+pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::Result<()> {
     #[cfg(unix)]
     raise_nofile_limit();
     #[cfg(target_os = "linux")]
@@ -630,11 +804,27 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
     #[cfg(unix)]
     let _lock = paths::lock_instance(&socket)?;
     let state_dir = paths::resolve_state_dir(opts.state_dir.as_deref());
+    #[cfg(unix)]
+    if paths::make_private_dir(&state_dir, "state directory")? {
+        tracing::warn!(dir = %state_dir.display(), "the state directory was open to group or others: made it 0700");
+    }
+    #[cfg(not(unix))]
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let cgroups = cgroup_roots(&config);
     // Hosts a SIGKILLed predecessor left behind (its direct children died
-    // with it through PDEATHSIG; their own children may not have).
-    for r in crate::supervisor::records::reap_leftovers(&state_dir.join("running.json")) {
+    // with it through PDEATHSIG; their own children may not have): only
+    // what the record proves was ours (our cgroup roots, our hosts'
+    // environment, the recorded group leader and start time).
+    // Records name only cgroup2 cgroups (the v1 ones hold limits, not
+    // processes to kill).
+    let provenance = crate::supervisor::records::Provenance {
+        cgroup_roots: cgroups.v2.iter().cloned().collect(),
+        runtime_dir: runtime_dir.clone(),
+    };
+    for r in
+        crate::supervisor::records::reap_leftovers(&state_dir.join("running.json"), &provenance)
+    {
         tracing::warn!(leftover = %r, "killed a host left by a previous daemon");
     }
     let listener = match inherited {
@@ -642,7 +832,6 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
         None => bind(&socket)?,
     };
 
-    let cgroups = cgroup_roots(&config);
     let supervisor = Supervisor::new(supervisor_config(
         &config,
         runtime_dir.clone(),
@@ -708,8 +897,11 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
                 Sig::Hup => {
                     let _ = reload(&opts, &mut config, &supervisor, &state).await;
                 }
+                Sig::Usr1 => reopen_log(&logs),
                 Sig::Term => break "SIGTERM",
                 Sig::Int => break "SIGINT",
+                Sig::Quit => break "SIGQUIT",
+                Sig::XCpu => break "SIGXCPU (CPU time limit)",
             },
             Some(c) = control_rx.recv() => match c {
                 Control::Reload(reply) => {
@@ -719,18 +911,26 @@ pub async fn run(opts: Options, mut config: Config) -> anyhow::Result<()> {
             },
         }
     };
+    let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
+    tokio::pin!(stop_all);
+    // Its first poll makes the supervisor refuse mutations (-32005): do it
+    // before saying so, or a request sent on seeing this line could still
+    // be accepted.
+    let stopped = futures_util::FutureExt::now_or_never(&mut stop_all).is_some();
     tracing::info!(reason = why, "shutting down: stopping every host");
     notify(Notice::Stopping);
     status_task.abort();
-    let stop_all = supervisor.shutdown(SHUTDOWN_DEADLINE);
-    tokio::pin!(stop_all);
-    loop {
-        tokio::select! {
-            () = &mut stop_all => break,
-            s = signals.next() => {
-                if s != Sig::Hup {
-                    tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
-                    supervisor.kill_all_now();
+    if !stopped {
+        loop {
+            tokio::select! {
+                () = &mut stop_all => break,
+                s = signals.next() => match s {
+                    Sig::Hup => {}
+                    Sig::Usr1 => reopen_log(&logs),
+                    Sig::Term | Sig::Int | Sig::Quit | Sig::XCpu => {
+                        tracing::warn!(signal = ?s, "second signal during shutdown: killing every host now");
+                        supervisor.kill_all_now();
+                    }
                 }
             }
         }
@@ -818,15 +1018,69 @@ async fn report_status(supervisor: Arc<Supervisor>) {
     }
 }
 
+/// SIGUSR1: the next log line goes to a freshly opened file.
+fn reopen_log(logs: &LogReopen) {
+    logs.request();
+    tracing::info!(signal = "SIGUSR1", "reopened the log file");
+}
+
+// Windows has no SIGQUIT, SIGUSR1 or SIGXCPU.
+#[cfg_attr(windows, allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sig {
     Term,
     Int,
     Hup,
+    /// Graceful shutdown, like SIGTERM (not a core dump).
+    Quit,
+    /// Reopen the log file.
+    Usr1,
+    /// The soft CPU-time limit was reached; SIGKILL follows at the hard one:
+    /// shut down gracefully while there is time.
+    XCpu,
 }
 
-/// SIGTERM, SIGINT and SIGHUP as one stream; on Windows, Ctrl-C (as
-/// SIGINT) and Ctrl-Break, console close and system shutdown (as SIGTERM).
+/// Signals whose default action would end the daemon without clean-up and
+/// that mean nothing to it: caught and logged, so they cannot kill it.
+/// (SIGPIPE is ignored by the Rust runtime; faults such as SIGSEGV, SIGBUS,
+/// SIGILL, SIGFPE, SIGABRT, SIGTRAP and SIGSYS are left alone: they report
+/// bugs.) Handlers, unlike `SIG_IGN`, are reset by `execve`, so hosts still
+/// get the default dispositions.
+#[cfg(unix)]
+fn ignored_signals() -> Vec<(i32, String)> {
+    // Extended below on Linux only.
+    #[cfg_attr(
+        not(any(target_os = "linux", target_os = "android")),
+        allow(unused_mut)
+    )]
+    let mut v: Vec<(i32, String)> = vec![
+        (libc::SIGUSR2, "SIGUSR2".into()),
+        (libc::SIGALRM, "SIGALRM".into()),
+        (libc::SIGVTALRM, "SIGVTALRM".into()),
+        (libc::SIGPROF, "SIGPROF".into()),
+        (libc::SIGIO, "SIGIO (SIGPOLL)".into()),
+        (libc::SIGXFSZ, "SIGXFSZ".into()),
+    ];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        v.push((libc::SIGSTKFLT, "SIGSTKFLT".into()));
+        v.push((libc::SIGPWR, "SIGPWR".into()));
+        for n in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            let name = if n == libc::SIGRTMIN() {
+                "SIGRTMIN".to_string()
+            } else {
+                format!("SIGRTMIN+{}", n - libc::SIGRTMIN())
+            };
+            v.push((n, name));
+        }
+    }
+    v
+}
+
+/// The signals the main loop acts on, as one stream; on Windows, Ctrl-C
+/// (as SIGINT) and Ctrl-Break, console close and system shutdown (as
+/// SIGTERM). The ones in [`ignored_signals`] are logged by tasks of their
+/// own. The README's signal table lists them all.
 struct Signals {
     #[cfg(unix)]
     term: tokio::signal::unix::Signal,
@@ -834,6 +1088,14 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     #[cfg(unix)]
     hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    quit: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    usr1: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    xcpu: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    ignored: Vec<tokio::task::JoinHandle<()>>,
     #[cfg(windows)]
     ctrl_c: tokio::signal::windows::CtrlC,
     #[cfg(windows)]
@@ -849,10 +1111,29 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
+            let mut ignored = Vec::new();
+            for (n, name) in ignored_signals() {
+                match signal(SignalKind::from_raw(n)) {
+                    Ok(mut s) => ignored.push(tokio::spawn(async move {
+                        while s.recv().await.is_some() {
+                            tracing::info!(signal = %name, "ignored a signal (it has no meaning to dscode-hostd)");
+                        }
+                    })),
+                    // tokio keeps no slot for the very last real-time
+                    // signal: a do-nothing handler keeps it harmless.
+                    Err(_) => ignore_silently(n)
+                        .with_context(|| format!("installing a handler for {name}"))?,
+                }
+            }
             Ok(Signals {
                 term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
                 int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
                 hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+                quit: signal(SignalKind::quit()).context("installing SIGQUIT handler")?,
+                usr1: signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?,
+                xcpu: signal(SignalKind::from_raw(libc::SIGXCPU))
+                    .context("installing SIGXCPU handler")?,
+                ignored,
             })
         }
         #[cfg(windows)]
@@ -874,6 +1155,9 @@ impl Signals {
                 _ = self.term.recv() => Sig::Term,
                 _ = self.int.recv() => Sig::Int,
                 _ = self.hup.recv() => Sig::Hup,
+                _ = self.quit.recv() => Sig::Quit,
+                _ = self.usr1.recv() => Sig::Usr1,
+                _ = self.xcpu.recv() => Sig::XCpu,
             }
         }
         #[cfg(windows)]
@@ -886,4 +1170,29 @@ impl Signals {
             }
         }
     }
+}
+
+#[cfg(unix)]
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for t in &self.ignored {
+            t.abort();
+        }
+    }
+}
+
+/// A handler that does nothing, for a signal tokio cannot listen for.
+#[cfg(unix)]
+fn ignore_silently(n: i32) -> std::io::Result<()> {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: all zeroes is a valid `sigaction` (no flags, an empty mask).
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    sa.sa_flags = libc::SA_RESTART;
+    // SAFETY: the handler does nothing, so it is async-signal-safe; `sa`
+    // outlives the call and the old action is not asked for.
+    if unsafe { libc::sigaction(n, &raw const sa, std::ptr::null_mut()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -425,3 +425,96 @@ async fn socket_activation_refuses_a_descriptor_that_is_not_a_listening_unix_str
     })
     .await;
 }
+
+/// The state directory, the log directory and its files, `running.json`
+/// and each host's directories are private whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_logs_are_private_whatever_the_umask() {
+    timed(async {
+        for umask in [0o022, 0o000] {
+            let (_tmp, dir) = launch::temp_dir();
+            let state = dir.join("state");
+            if umask == 0 {
+                // What an older version left: a 0755 state dir, a 0644 log.
+                std::fs::create_dir(&state).unwrap();
+                launch::chmod(&state, 0o755);
+                let old = state.join("dscode-hostd.2020-01-01.log");
+                std::fs::write(&old, "old\n").unwrap();
+                launch::chmod(&old, 0o644);
+            }
+            let args = launch::args_in(&dir, "");
+            let mut d = launch::launch(
+                &dir,
+                &args,
+                &[],
+                launch::Setup {
+                    umask: Some(umask),
+                    ..Default::default()
+                },
+            );
+            d.wait_for_log("listening", S10).await;
+            let mut c = Client::connect(&dir.join("run/hostd.sock")).await;
+            c.ok("host.start", d.start_params("acme.files", "print-lines.js"))
+                .await;
+            let records = state.join("running.json");
+            eventually(S10, "running.json records the host", || {
+                std::fs::read_to_string(&records).is_ok_and(|t| t.contains("acme.files"))
+            })
+            .await;
+            let logs = log_files(&state);
+            assert!(!logs.is_empty());
+            let mut seen = vec![(state.clone(), launch::mode(&state))];
+            for p in logs.iter().chain([&records]) {
+                seen.push((p.clone(), launch::mode(p)));
+            }
+            let host = state.join("hosts/acme.files");
+            for p in [state.join("hosts"), host.clone(), host.join("tmp")] {
+                seen.push((p.clone(), launch::mode(&p)));
+            }
+            for (p, m) in &seen {
+                let want = if std::fs::metadata(p).unwrap().is_dir() {
+                    0o700
+                } else {
+                    0o600
+                };
+                assert_eq!(*m, want, "umask {umask:03o}: {} is {m:04o}", p.display());
+            }
+            signal(d.pid(), SIGTERM);
+            let (status, err) = d.wait_exit(S10).await;
+            assert_eq!(status.code(), Some(0), "{err}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_reopens_the_log_file() {
+    timed(async {
+        let mut d = Daemon::start();
+        let state = d.dir.join("state");
+        let files = log_files(&state);
+        assert_eq!(files.len(), 1, "{files:?}");
+        let current = files[0].clone();
+        // The file is written by a worker thread: let it catch up first.
+        eventually(S10, "the log file has the start-up lines", || {
+            std::fs::read_to_string(&current).is_ok_and(|t| t.contains("listening"))
+        })
+        .await;
+        // What logrotate does: move the file away, then signal.
+        let rotated = state.join("rotated.log.1");
+        std::fs::rename(&current, &rotated).unwrap();
+        signal(d.pid(), libc::SIGUSR1);
+        d.wait_for_log("reopened the log file", S10);
+        eventually(S10, "the reopened file has the reopen line", || {
+            std::fs::read_to_string(&current).is_ok_and(|t| t.contains("reopened the log file"))
+        })
+        .await;
+        assert_eq!(launch::mode(&current), 0o600);
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert!(old.contains("listening"), "{old}");
+        assert!(!old.contains("reopened the log file"), "{old}");
+        signal(d.pid(), SIGTERM);
+        assert_eq!(d.wait_exit(S10).await.code(), Some(0));
+    })
+    .await;
+}

@@ -1,7 +1,8 @@
 //! `dscode-hostd`: the extension-host supervisor daemon. Runs in the
 //! foreground; systemd or launchd supervise it.
 //!
-//! Exit status: 0 after a clean shutdown, 2 for a config error, 1 otherwise.
+//! Exit status: 0 after a clean shutdown, 2 for a config error (or a config
+//! file others could write), 1 otherwise.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,17 +15,24 @@ use dscode_hostd::daemon;
 #[derive(Debug, Parser)]
 #[command(
     version,
-    after_help = "Example: dscode-hostd --socket /tmp/hostd-demo/hostd.sock"
+    after_help = "Signals: TERM, INT, QUIT stop every host and exit 0; HUP reloads the config; \
+                  USR1 reopens the log file; USR2, ALRM and the other signals whose default \
+                  would kill the daemon are logged and ignored.\n\n\
+                  Example: dscode-hostd --socket /tmp/hostd-demo/hostd.sock"
 )]
 struct Args {
     /// Config file (TOML) [default: ~/.config/dscode-hostd/config.toml if it exists]
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Control socket [default: $DSCODE_HOSTD_SOCKET, config `socket`,
-    /// $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, /tmp/dscode-hostd-<uid>/hostd.sock]
+    /// Control socket [default: $DSCODE_HOSTD_SOCKET, else config `socket`,
+    /// else $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, else
+    /// ${XDG_STATE_HOME:-~/.local/state}/dscode-hostd/run/hostd.sock; only
+    /// without a home directory /tmp/dscode-hostd-<uid>/hostd.sock, whose
+    /// owner is checked]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// State directory [default: ~/.local/state/dscode-hostd]
+    /// State directory, made 0700 [default: ~/.local/state/dscode-hostd;
+    /// without a home directory /tmp/dscode-hostd-state-<uid>]
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -43,8 +51,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _guard = match daemon::init_logging(&config, &opts) {
-        Ok((guard, _dir)) => guard,
+    let logging = match daemon::init_logging(&config, &opts) {
+        Ok(logging) => logging,
         Err(e) => {
             eprintln!("dscode-hostd: error: {e:#}");
             return ExitCode::FAILURE;
@@ -60,7 +68,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(opts, config)) {
+    let _guard = logging.guard;
+    match runtime.block_on(daemon::run(opts, config, logging.reopen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

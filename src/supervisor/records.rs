@@ -1,7 +1,8 @@
 //! `<state>/running.json`: every live host process (pid, process group, start
-//! time), rewritten atomically, so that a daemon started after a SIGKILLed
-//! one can kill what it left behind — and never a process that merely reuses
-//! a recorded pid.
+//! time), rewritten atomically (0600), so that a daemon started after a
+//! SIGKILLed one can kill what it left behind — and never a process it cannot
+//! prove it started: a recycled pid, a process group the record merely names,
+//! or a cgroup outside its own root.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -121,11 +122,18 @@ impl Records {
     }
 }
 
-/// Temp file, fsync, rename, fsync the directory.
+/// Temp file (0600 whatever the umask), fsync, rename, fsync the directory.
 fn write_atomic(path: &Path, records: &[Record]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
+        // A temp file left by an older daemon keeps its mode: set it.
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f.write_all(&serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
     }
@@ -136,12 +144,93 @@ fn write_atomic(path: &Path, records: &[Record]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// At start-up: kill what a previous daemon's record says is still running.
-/// A group is killed when its leader is the recorded process (same pid and
-/// start time); when the leader is gone, the group's members that started
-/// after it are killed one by one. A recorded pid now used by an unrelated
-/// process (another start time) is left alone. Returns what was reaped.
-pub fn reap_leftovers(path: &Path) -> Vec<String> {
+/// What this daemon owns, against which a record's claims are checked
+/// before anything is killed.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// The daemon's cgroup2 root(s): a recorded cgroup must lie under one
+    /// of them.
+    pub cgroup_roots: Vec<PathBuf>,
+    /// The daemon's runtime directory (the socket's): every host it starts
+    /// has `DSCODE_IPC_URL=ipc://<runtime>/ipc/…` in its environment, and so
+    /// do its descendants unless they drop it. Checked on Linux, where
+    /// `/proc/<pid>/environ` tells.
+    pub runtime_dir: PathBuf,
+}
+
+impl Provenance {
+    /// Whether `dir` is a cgroup under one of our roots (no `..`, resolved).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn owns_cgroup(&self, dir: &Path) -> bool {
+        if dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return false;
+        }
+        let real = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        self.cgroup_roots.iter().any(|root| {
+            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+            real != root && real.starts_with(&root)
+        })
+    }
+
+    /// Whether `pid` carries the environment of one of our hosts.
+    #[cfg(target_os = "linux")]
+    fn started_by_us(&self, pid: i32) -> bool {
+        let prefix = format!(
+            "DSCODE_IPC_URL=ipc://{}/",
+            crate::ipc::transport::ipc_root(&self.runtime_dir).display()
+        );
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(prefix.as_bytes()))
+        })
+    }
+
+    /// macOS: no environment to check; pid, group and start time must do.
+    #[cfg(not(target_os = "linux"))]
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+    fn started_by_us(&self, _pid: i32) -> bool {
+        true
+    }
+}
+
+/// Whether `running.json` is a file only we could have written: ours, and
+/// not writable by group or others. Its records decide what gets killed.
+#[cfg(unix)]
+fn trustworthy(meta: &std::fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode() & 0o7777;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.file_type().is_file() {
+        Err("not a regular file".into())
+    } else if meta.uid() != me {
+        Err(format!("owned by uid {}", meta.uid()))
+    } else if mode & 0o022 != 0 {
+        Err(format!("writable by group or others (mode {mode:04o})"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(unix))]
+fn trustworthy(_meta: &std::fs::Metadata) -> Result<(), String> {
+    Ok(())
+}
+
+/// At start-up: kill what a previous daemon's record says is still running,
+/// but only what the record proves this daemon's predecessor started (see
+/// [`reap_record`]). A `running.json` that is not ours and private is
+/// ignored. Returns what was reaped.
+pub fn reap_leftovers(path: &Path, provenance: &Provenance) -> Vec<String> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Vec::new();
+    };
+    if let Err(problem) = trustworthy(&meta) {
+        tracing::warn!(path = %path.display(), problem, "ignoring running.json: it is not a private file of ours");
+        return Vec::new();
+    }
     let Ok(text) = std::fs::read(path) else {
         return Vec::new();
     };
@@ -157,53 +246,74 @@ pub fn reap_leftovers(path: &Path) -> Vec<String> {
     // with the daemon).
     #[cfg(not(any(target_os = "linux", target_os = "macos")))]
     let reaped = {
-        drop(records);
+        drop((records, provenance));
         Vec::new()
     };
     #[cfg(any(target_os = "linux", target_os = "macos"))]
-    let reaped = reap_records(records);
+    let reaped = records
+        .iter()
+        .flat_map(|r| reap_record(r, provenance))
+        .collect();
     let _ = write_atomic(path, &[]);
     reaped
 }
 
-/// Kill every leftover a record names.
+/// Kill what one record left behind, if it proves we started it:
+///
+/// - its cgroup (killed whole, escapees too) only if it lies under one of
+///   our cgroup roots;
+/// - its process group only if the record names a group leader
+///   (`pid == pgid`), and either that leader is alive, still leads its
+///   group, has the recorded start time and our hosts' environment, or it
+///   is gone and only members that started after it and carry our hosts'
+///   environment are killed.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
-fn reap_records(records: Vec<Record>) -> Vec<String> {
+fn reap_record(r: &Record, provenance: &Provenance) -> Vec<String> {
     let mut reaped = Vec::new();
-    for r in records {
-        // A cgroup holds only what we put there: kill it whole, escapees too.
-        #[cfg(target_os = "linux")]
-        if let Some(dir) = r.cgroup.as_ref().filter(|d| d.is_dir()) {
+    #[cfg(target_os = "linux")]
+    if let Some(dir) = r.cgroup.as_ref() {
+        if !provenance.owns_cgroup(dir) {
+            tracing::warn!(extension_id = %r.extension_id, cgroup = %dir.display(), "recorded cgroup is not under this daemon's cgroup root; left alone");
+        } else if dir.is_dir() {
             use crate::cgroup::Cgroup as _;
             let cg = crate::cgroup::HostCgroup { dir: dir.clone() };
             if cg.populated() {
                 cg.kill();
                 reaped.push(format!("{} (cgroup {})", r.extension_id, dir.display()));
+                // SIGKILLed processes are gone within milliseconds; wait a
+                // little so the cgroup can be removed now (a later start
+                // removes it otherwise). Once per leftover, at start-up.
+                let deadline = std::time::Instant::now() + Duration::from_millis(500);
+                while cg.populated() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             cg.remove();
         }
-        reap_group(&r, &mut reaped);
     }
-    reaped
-}
-
-/// Kill what is left of the group a record names, unless its pid was
-/// recycled (start times tell them apart).
-#[cfg(any(target_os = "linux", target_os = "macos"))]
-fn reap_group(r: &Record, reaped: &mut Vec<String>) {
-    if r.pgid <= 1 {
-        return;
+    if r.pid != r.pgid || r.pgid <= 1 {
+        tracing::warn!(extension_id = %r.extension_id, pid = r.pid, pgid = r.pgid, "record does not name a process-group leader; left alone");
+        return reaped;
     }
     match start_time(r.pid) {
         Some(t) if t == r.start_time => {
-            crate::spawn::signal_group(r.pgid, crate::spawn::StopSignal::Kill);
-            reaped.push(format!("{} (group {})", r.extension_id, r.pgid));
+            if pgid_of(r.pid) != Some(r.pgid) {
+                tracing::info!(extension_id = %r.extension_id, pid = r.pid, "recorded pid no longer leads its group; left alone");
+            } else if !provenance.started_by_us(r.pid) {
+                tracing::warn!(extension_id = %r.extension_id, pid = r.pid, "recorded process is not one of this daemon's hosts; left alone");
+            } else {
+                crate::spawn::signal_group(r.pgid, crate::spawn::StopSignal::Kill);
+                reaped.push(format!("{} (group {})", r.extension_id, r.pgid));
+            }
         }
         Some(_) => {
             tracing::info!(extension_id = %r.extension_id, pid = r.pid, "recorded pid now belongs to another process; left alone");
         }
         None => {
-            let members = group_members_since(r.pgid, r.start_time);
+            let members: Vec<i32> = group_members_since(r.pgid, r.start_time)
+                .into_iter()
+                .filter(|pid| provenance.started_by_us(*pid))
+                .collect();
             for pid in &members {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(*pid),
@@ -220,6 +330,15 @@ fn reap_group(r: &Record, reaped: &mut Vec<String>) {
             }
         }
     }
+    reaped
+}
+
+/// The process group of `pid`, if it exists.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+fn pgid_of(pid: i32) -> Option<i32> {
+    nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+        .ok()
+        .map(|p| p.as_raw())
 }
 
 /// Live processes of group `pgid` that started no earlier than `since`.
@@ -266,6 +385,37 @@ mod tests {
         assert_eq!(start_time(i32::MAX), None);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_running_json_others_can_write_is_ignored_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        let text = r#"[{"extensionId":"x","pid":1,"pgid":1,"startTime":1}]"#;
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o622)).unwrap();
+        assert!(reap_leftovers(&path, &Provenance::default()).is_empty());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_records_are_0600_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("running.json");
+        // A temp file an older version left with the umask's mode.
+        std::fs::write(path.with_extension("json.tmp"), "").unwrap();
+        std::fs::set_permissions(
+            path.with_extension("json.tmp"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
+        write_atomic(&path, &[]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
     #[test]
     fn a_recycled_pid_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -279,7 +429,7 @@ mod tests {
             cgroup: None,
         };
         write_atomic(&path, &[wrong]).unwrap();
-        assert!(reap_leftovers(&path).is_empty());
+        assert!(reap_leftovers(&path, &Provenance::default()).is_empty());
         // Still alive to assert this; the file is emptied.
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "[]");
     }
