@@ -30,7 +30,11 @@ use serde_json::{Value, json};
     after_help = "Example: dscode-hostctl start acme.hello ~/ext/hello/main.js --env LOG=1 -- --verbose"
 )]
 struct Args {
-    /// Control socket [default: $DSCODE_HOSTD_SOCKET, else $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock]
+    /// Control socket [default: $DSCODE_HOSTD_SOCKET, else
+    /// $XDG_RUNTIME_DIR/dscode-hostd/hostd.sock, else
+    /// ${XDG_STATE_HOME:-~/.local/state}/dscode-hostd/run/hostd.sock; without a
+    /// home directory /tmp/dscode-hostd-<uid>/hostd.sock: the same default as
+    /// dscode-hostd]
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print raw JSON results (NDJSON for `watch` and `logs -f`).

@@ -58,7 +58,12 @@ fn check_peer(stream: &Stream, hosts: &HostCheck, refusals: &mut Refusals) -> bo
         tracing::warn!("peer pid unknown; refusing the connection");
         return false;
     };
-    match hosts(pid) {
+    // The check reads /proc one file at a time: the spare descriptor makes
+    // room for it even when every other one is in use.
+    refusals.spare.take();
+    let verdict = hosts(pid);
+    refusals.spare = std::fs::File::open("/dev/null").ok();
+    match verdict {
         Verdict::Outsider => true,
         verdict => {
             refusals.note(pid, &verdict);
@@ -81,6 +86,8 @@ fn check_peer(_stream: &Stream, _hosts: &HostCheck, _refusals: &mut Refusals) ->
 struct Refusals {
     last: Option<std::time::Instant>,
     suppressed: u64,
+    /// A descriptor held in reserve for the peer check (see `check_peer`).
+    spare: Option<std::fs::File>,
 }
 
 #[cfg_attr(not(unix), allow(dead_code))]
@@ -123,7 +130,10 @@ pub async fn run(
     hosts: HostCheck,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut refusals = Refusals::default();
+    let mut refusals = Refusals {
+        spare: std::fs::File::open("/dev/null").ok(),
+        ..Refusals::default()
+    };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let next_id = AtomicUsize::new(1);
     let mut conns = JoinSet::new();

@@ -198,6 +198,9 @@ impl Daemon {
         }
         let p = dir.join("config.toml");
         std::fs::write(&p, cfg).unwrap();
+        // Config files must not be writable by others (the daemon checks),
+        // whatever the umask this runs under.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         cmd.arg("--config").arg(p);
         for (k, v) in &opts.env {
             cmd.env(k, v);
