@@ -881,9 +881,13 @@ async fn no_process_of_a_host_can_use_the_control_socket() {
     timed(async {
         // With a cgroup per host and without: the check at accept is by
         // cgroup, else by process group, session and ancestry.
-        for cgroup in ["auto", "off"] {
-            let (_tmp, _out, d) =
-                sandboxed(&format!("cgroup = \"{cgroup}\"\n"), DaemonOpts::default());
+        // The strict profile also hides the socket (layer 2a): ENOENT there.
+        for cgroup in ["auto", "off", "strict"] {
+            let keys = match cgroup {
+                "strict" => "profile = \"strict\"\n".to_string(),
+                c => format!("cgroup = \"{c}\"\n"),
+            };
+            let (_tmp, _out, d) = sandboxed(&keys, DaemonOpts::default());
             let mut c = d.client().await;
             let probe = start_params(
                 &d,
@@ -914,11 +918,20 @@ async fn no_process_of_a_host_can_use_the_control_socket() {
                 .map(|h| h["extensionId"].as_str().unwrap().to_string())
                 .collect();
             assert_eq!(ids, ["acme.probe"], "cgroup {cgroup}");
-            assert!(
-                d.log_text()
-                    .contains("refused a control connection from a host's process"),
-                "cgroup {cgroup}"
-            );
+            if cgroup == "strict" {
+                // Hidden: not even a connection to refuse.
+                assert!(
+                    text.iter()
+                        .all(|t| !t.contains(" refused ") || t.ends_with("ENOENT")),
+                    "{text:?}"
+                );
+            } else {
+                assert!(
+                    d.log_text()
+                        .contains("refused a control connection from a host's process"),
+                    "cgroup {cgroup}"
+                );
+            }
         }
     })
     .await;
