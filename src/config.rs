@@ -272,6 +272,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Requests one connection may have in flight; more wait, none are dropped.
     pub max_requests_per_connection: usize,
+    /// Close a connection that sends no complete line for this long while it
+    /// has no request in flight and no subscription; 0 never does.
+    pub idle_timeout_ms: u64,
     /// Node binary; when unset, the bundled/`DSCODE_RESOURCE_PATH`/`PATH` search.
     pub node: NodeConfig,
     /// Default SIGTERM-to-SIGKILL grace for `host.stop`.
@@ -318,6 +321,7 @@ impl Default for Config {
             max_message_bytes: 1024 * 1024,
             max_connections: 128,
             max_requests_per_connection: 64,
+            idle_timeout_ms: 30_000,
             node: NodeConfig::default(),
             stop_timeout_ms: 5000,
             log_lines: 1000,

@@ -861,6 +861,8 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
         per_connection: Limits {
             max_message_bytes: config.max_message_bytes,
             max_in_flight: config.max_requests_per_connection,
+            idle_timeout: (config.idle_timeout_ms > 0)
+                .then(|| std::time::Duration::from_millis(config.idle_timeout_ms)),
         },
     };
     let hosts: rpc::server::HostCheck = {

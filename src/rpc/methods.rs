@@ -449,7 +449,7 @@ async fn subscribe(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
             method: STATE_CHANGED,
-            initial: sub.snapshot.iter().map(subscriptions::to_raw).collect(),
+            initial: Box::new(sub.snapshot.into_iter().map(|s| subscriptions::to_raw(&s))),
             rx: sub.events,
             render: move |ev: &BusEvent| {
                 filter_matches(&filter, &ev.extension_id).then(|| ev.json.clone())
@@ -486,7 +486,10 @@ async fn subscribe_logs(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
             method: LOG,
-            initial: tail.iter().filter_map(&render).collect(),
+            initial: Box::new({
+                let render = render.clone();
+                tail.into_iter().filter_map(move |l| render(&l))
+            }),
             rx,
             render,
             lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
@@ -515,7 +518,7 @@ async fn subscribe_messages(
         subscriptions::Feed {
             method: MESSAGE,
             // Requests that waited for an editor: this one is the first.
-            initial: backlog,
+            initial: Box::new(backlog.into_iter()),
             rx,
             render: move |m: &HubMessage| {
                 let _keep_attached = &attached;

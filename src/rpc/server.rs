@@ -78,6 +78,45 @@ fn check_peer(_stream: &Stream, _hosts: &HostCheck, _refusals: &mut Refusals) ->
     true
 }
 
+type Live = Arc<std::sync::Mutex<std::collections::HashMap<usize, Arc<transport::Presence>>>>;
+
+/// A connection slot: a free one, or, when all are taken, the slot of the
+/// connection idle longest (no request in flight, no subscription, quiet for
+/// a moment), which is closed for it. A client holding many stalled
+/// connections cannot lock others out; one with subscriptions or work is
+/// never closed. Tries for a second, then gives up (`None`).
+async fn make_room(
+    slots: &Arc<Semaphore>,
+    live: &Live,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let oldest = live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|p| p.idle_since().map(|t| (t, p.clone())))
+            .min_by_key(|(t, _)| *t);
+        let next_look = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+        if let Some((_, p)) = oldest {
+            p.evict();
+            // Its slot, once its task has ended.
+            if let Ok(Ok(permit)) =
+                tokio::time::timeout_at(deadline, slots.clone().acquire_owned()).await
+            {
+                return Some(permit);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep_until(next_look.min(deadline)).await;
+    }
+}
+
 /// Logs refused host connections: the first of a burst at once, then at
 /// most one line a second with how many were refused meanwhile (a host
 /// that loops on connect must not flood the log).
@@ -137,6 +176,9 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let next_id = AtomicUsize::new(1);
     let mut conns = JoinSet::new();
+    // Every served connection's presence, to find an idle one to close when
+    // the slots are full.
+    let live: Live = Arc::default();
     let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
@@ -164,24 +206,37 @@ pub async fn run(
         if !check_peer(&stream, &hosts, &mut refusals) {
             continue; // closed without a reply
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                max = limits.max_connections,
-                "connection refused: too many connections"
-            );
-            conns.spawn(async move {
+        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let methods = methods.clone();
+        let sd = shutdown.clone();
+        let presence = Arc::new(transport::Presence::default());
+        let slots = slots.clone();
+        let max = limits.max_connections;
+        let live = live.clone();
+        conns.spawn(async move {
+            let Some(permit) = make_room(&slots, &live).await else {
+                tracing::warn!(max, "connection refused: too many connections, none idle");
                 let _ = stream
                     .write_all(transport::too_many_connections_line().as_bytes())
                     .await;
                 let _ = stream.shutdown().await;
-            });
-            continue;
-        };
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
-        let methods = methods.clone();
-        let sd = shutdown.clone();
-        conns.spawn(async move {
-            transport::serve(stream, methods, conn_id, limits.per_connection, sd).await;
+                return;
+            };
+            live.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn_id, presence.clone());
+            transport::serve(
+                stream,
+                methods,
+                conn_id,
+                limits.per_connection,
+                presence,
+                sd,
+            )
+            .await;
+            live.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&conn_id);
             drop(permit);
         });
     }

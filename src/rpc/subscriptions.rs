@@ -29,7 +29,9 @@ pub fn to_raw<T: serde::Serialize>(v: &T) -> Box<RawValue> {
 pub struct Feed<T, R, L> {
     pub method: &'static str,
     /// Sent first (snapshot, log tail).
-    pub initial: Vec<Box<RawValue>>,
+    /// Rendered one at a time as the connection takes them, so a long log
+    /// tail is never copied whole for a client that reads slowly.
+    pub initial: Box<dyn Iterator<Item = Box<RawValue>> + Send>,
     pub rx: broadcast::Receiver<Arc<T>>,
     /// The result of one notification; `None` skips the item.
     pub render: R,
@@ -68,8 +70,8 @@ where
         let send = |r: &RawValue| conn.send(notification(method, sub_id, r));
         let run = async {
             replied.await.map_err(|_| ())?;
-            for item in &feed.initial {
-                send(item).await?;
+            for item in feed.initial {
+                send(&item).await?;
             }
             let mut rx = feed.rx;
             loop {

@@ -46,6 +46,56 @@ const MAX_SUBSCRIPTIONS: usize = 1024;
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
+    /// Close a connection that has sent no complete line for this long while
+    /// it has no request in flight and no subscription; `None` never does.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+/// What the accept loop may know about a live connection: whether it is
+/// idle (and since when), and a way to close it to make room.
+#[derive(Debug, Default)]
+pub struct Presence {
+    /// When its last complete line arrived (or it connected), ms since the
+    /// daemon started.
+    last_line_ms: std::sync::atomic::AtomicU64,
+    /// Requests in flight plus subscriptions: not idle while above zero.
+    engaged: std::sync::atomic::AtomicUsize,
+    evict: tokio::sync::Notify,
+    /// Already asked to close: not a candidate again.
+    evicting: std::sync::atomic::AtomicBool,
+}
+
+impl Presence {
+    /// `Some(since)` (ms) when the connection holds nothing: no request in
+    /// flight, no subscription.
+    pub fn idle_since(&self) -> Option<u64> {
+        let since = self.last_line_ms.load(Ordering::Relaxed);
+        (self.engaged.load(Ordering::Relaxed) == 0
+            && !self.evicting.load(Ordering::Relaxed)
+            && now_ms().saturating_sub(since) >= MIN_IDLE_TO_EVICT_MS)
+            .then_some(since)
+    }
+
+    /// Ask its task to close the connection (it is idle, and a new one
+    /// needs its slot).
+    pub fn evict(&self) {
+        self.evicting.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+
+    fn touch(&self) {
+        self.last_line_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// A connection younger (or more recently active) than this is never closed
+/// to make room: a new client has that long to send its first line.
+const MIN_IDLE_TO_EVICT_MS: u64 = 200;
+
+/// Milliseconds since the first call: a clock for idleness.
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    crate::time::millis(START.get_or_init(std::time::Instant::now).elapsed())
 }
 
 /// One connection as methods see it (through the call's `Extensions`): its
@@ -101,6 +151,10 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         subs.insert(id, tx);
         Some((id, rx))
+    }
+
+    fn subscription_count(&self) -> usize {
+        self.subs().len()
     }
 
     /// Cancel a subscription; whether it was active.
@@ -331,14 +385,56 @@ impl Dispatcher {
                 Invalid::Request(Id::Null, "empty batch").into_json(),
             ));
         }
-        let replies =
-            futures_util::future::join_all(items.iter().map(|i| self.handle_one(i.get(), true)))
-                .await;
+        // Up to 16 entries at a time, in order; once the replies add up past
+        // the response limit, every later entry is answered with an error
+        // instead of being run (its reply could not be sent anyway).
+        let mut replies = futures_util::stream::FuturesOrdered::new();
+        let mut next = 0;
         let mut jsons = Vec::new();
         let mut on_sent = Vec::new();
-        for r in replies.into_iter().flatten() {
+        let mut total = 0usize;
+        let mut over = 0usize;
+        loop {
+            while replies.len() < 16 && next < items.len() {
+                replies.push_back(self.handle_one(items[next].get(), true));
+                next += 1;
+            }
+            let Some(r) = replies.next().await else { break };
+            let Some(r) = r else { continue };
+            total += r.json.get().len() + 1;
+            if total > MAX_RESPONSE_BYTES {
+                over += 1;
+                for n in r.on_sent {
+                    n.notify(false);
+                }
+                // Entries already running finish; their replies go too.
+                while let Some(r) = replies.next().await {
+                    for n in r.into_iter().flat_map(|r| r.on_sent) {
+                        n.notify(false);
+                    }
+                }
+                break;
+            }
             jsons.push(r.json);
             on_sent.extend(r.on_sent);
+        }
+        drop(replies);
+        if over > 0 {
+            // Entries started but not kept, and those never started.
+            let kept = jsons.len();
+            for item in &items[kept..] {
+                let id = check(item.get())
+                    .ok()
+                    .and_then(|c| c.id)
+                    .map(Id::into_owned);
+                if let Some(id) = id {
+                    jsons.push(error_line(
+                        id,
+                        codes::INVALID_REQUEST_CODE,
+                        "batch reply over the 64 MiB limit: no reply for this entry (entries not yet started were not run)",
+                    ));
+                }
+            }
         }
         if jsons.is_empty() {
             return None;
@@ -434,14 +530,24 @@ pub async fn serve<S>(
     methods: Methods,
     conn_id: usize,
     limits: Limits,
+    presence: Arc<Presence>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
-    let dispatcher = Dispatcher::new(methods, conn_id, Arc::new(Connection::new(tx.clone())));
+    let conn = Arc::new(Connection::new(tx.clone()));
+    // Weak: the connection (its queue's sender) must go once the
+    // dispatcher does, so the queue can close.
+    let conn_weak = Arc::downgrade(&conn);
+    let dispatcher = Dispatcher::new(methods, conn_id, conn);
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
+    presence.touch();
+    // A permit taken before the next line is read: while none is free the
+    // loop still drains the outgoing queue (the requests that hold the
+    // permits may be waiting on it), so the connection never wedges.
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut frames = FramedRead::new(read, BoundedLines::new(limits.max_message_bytes));
     let mut out = Out::default();
     let mut reading = !*shutdown.borrow();
@@ -461,6 +567,20 @@ pub async fn serve<S>(
             }
             tx = None;
         }
+        // Requests in flight (the permit held for the next line is not
+        // one) and subscriptions.
+        let engaged =
+            limits.max_in_flight - in_flight.available_permits() - usize::from(permit.is_some())
+                + conn_weak.upgrade().map_or(0, |c| c.subscription_count());
+        presence.engaged.store(engaged, Ordering::Relaxed);
+        let idle_at = limits
+            .idle_timeout
+            .filter(|_| engaged == 0 && reading)
+            .map(|t| {
+                let since = presence.last_line_ms.load(Ordering::Relaxed);
+                let left = (since + crate::time::millis(t)).saturating_sub(now_ms());
+                tokio::time::Instant::now() + std::time::Duration::from_millis(left)
+            });
         tokio::select! {
             biased;
             m = rx.recv() => match m {
@@ -480,7 +600,23 @@ pub async fn serve<S>(
                     break;
                 }
             },
-            frame = frames.next(), if reading => {
+            () = presence.evict.notified() => {
+                if presence.engaged.load(Ordering::Relaxed) == 0 {
+                    tracing::info!(conn_id, "closed an idle connection to make room for a new one");
+                    break;
+                }
+            },
+            () = async { tokio::time::sleep_until(idle_at.expect("guarded")).await }, if idle_at.is_some() => {
+                tracing::info!(conn_id, "closed a connection idle past idle_timeout_ms");
+                break;
+            },
+            p = in_flight.clone().acquire_owned(), if reading && permit.is_none() => {
+                match p {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => break,
+                }
+            },
+            frame = frames.next(), if reading && permit.is_some() => {
                 let bytes = match frame {
                     None => { reading = false; continue; }
                     Some(Err(e)) => {
@@ -494,7 +630,8 @@ pub async fn serve<S>(
                     }
                     Some(Ok(Line::Complete(b))) => b.freeze(),
                 };
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                presence.touch();
+                let Some(permit) = permit.take() else { break };
                 let (Some(d), Some(tx)) = (dispatcher.clone(), tx.clone()) else { break };
                 let mut work = Box::pin(async move { d.handle_line(&bytes).await });
                 match futures_util::FutureExt::now_or_never(&mut work) {

@@ -128,7 +128,10 @@ impl HostHandle {
     pub fn follow_logs(
         &self,
         n: usize,
-    ) -> (Vec<LogLine>, tokio::sync::broadcast::Receiver<Arc<LogLine>>) {
+    ) -> (
+        Vec<Arc<LogLine>>,
+        tokio::sync::broadcast::Receiver<Arc<LogLine>>,
+    ) {
         self.logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -35,7 +35,7 @@ pub const FOLLOW_QUEUE: usize = 1024;
 /// A ring of at most `cap` lines, and the live feed of new ones.
 #[derive(Debug)]
 pub struct LogRing {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<Arc<LogLine>>,
     cap: usize,
     /// Created on the first follower, so idle hosts cost nothing.
     feed: Option<broadcast::Sender<Arc<LogLine>>>,
@@ -51,10 +51,11 @@ impl LogRing {
     }
 
     pub fn push(&mut self, line: LogLine) {
+        let line = Arc::new(line);
         if let Some(feed) = &self.feed
             && feed.receiver_count() > 0
         {
-            let _ = feed.send(Arc::new(line.clone()));
+            let _ = feed.send(line.clone());
         }
         if self.lines.len() == self.cap {
             self.lines.pop_front();
@@ -64,22 +65,31 @@ impl LogRing {
 
     /// The newest `n` lines and a receiver of every later one, with no gap
     /// and no overlap between the two.
-    pub fn follow(&mut self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<Arc<LogLine>>) {
+    /// The tail shares the ring's lines: no text is copied.
+    pub fn follow(&mut self, n: usize) -> (Vec<Arc<LogLine>>, broadcast::Receiver<Arc<LogLine>>) {
         let rx = self
             .feed
             .get_or_insert_with(|| broadcast::channel(FOLLOW_QUEUE).0)
             .subscribe();
-        (self.tail(n), rx)
+        let skip = self.lines.len().saturating_sub(n);
+        (self.lines.iter().skip(skip).cloned().collect(), rx)
     }
 
     /// The newest `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let skip = self.lines.len().saturating_sub(n);
-        self.lines.iter().skip(skip).cloned().collect()
+        self.lines
+            .iter()
+            .skip(skip)
+            .map(|l| (**l).clone())
+            .collect()
     }
 }
 
 pub type SharedLogRing = Arc<Mutex<LogRing>>;
+
+/// A tail (shared with the ring) and the receiver of every later line.
+pub type Follow = (Vec<Arc<LogLine>>, broadcast::Receiver<Arc<LogLine>>);
 
 /// Read `pipe` line by line until EOF: each line (cut at `max_line` bytes) goes
 /// to tracing with the extension id and into the ring.

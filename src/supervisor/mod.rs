@@ -997,12 +997,7 @@ impl Supervisor {
     }
 
     /// The newest `n` output lines of a host, then every new one.
-    pub fn follow_logs(
-        &self,
-        id: &str,
-        n: usize,
-    ) -> Result<(Vec<LogLine>, tokio::sync::broadcast::Receiver<Arc<LogLine>>), SupervisorError>
-    {
+    pub fn follow_logs(&self, id: &str, n: usize) -> Result<logs::Follow, SupervisorError> {
         Ok(self.handle(id)?.follow_logs(n))
     }
 
