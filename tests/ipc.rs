@@ -420,3 +420,97 @@ async fn another_host_cannot_take_a_hosts_channel() {
     })
     .await;
 }
+
+/// The next `host.message` on `editor`'s connection, within 10 s.
+async fn next_message(editor: &mut Client) -> Value {
+    let n = tokio::time::timeout(S10, editor.notifications.recv())
+        .await
+        .expect("no host.message within 10 s")
+        .unwrap();
+    assert_eq!(n["method"], "host.message", "{n}");
+    n["params"]["result"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_editor_goes_away_goes_to_another_at_once() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut first = d.client().await;
+        first
+            .ok(
+                "host.subscribeMessages",
+                json!({"extensionIds": ["acme.ask"]}),
+            )
+            .await;
+        c.ok("host.start", ipc_host(&d, "acme.ask", "chatty")).await;
+        let m = next_message(&mut first).await;
+        assert_eq!(m["type"], "window-show-message-with-actions");
+        // A second editor attaches after the request went out, then the
+        // first one dies: the second gets the request at once.
+        let mut second = d.client().await;
+        second
+            .ok(
+                "host.subscribeMessages",
+                json!({"extensionIds": ["acme.ask"]}),
+            )
+            .await;
+        drop(first);
+        let t0 = Instant::now();
+        let again = next_message(&mut second).await;
+        assert_eq!(again["id"], m["id"]);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        second
+            .ok(
+                "host.respond",
+                json!({"extensionId": "acme.ask", "id": again["id"], "payload": {"choice": "No"}}),
+            )
+            .await;
+        wait_for_output(
+            &mut c,
+            "acme.ask",
+            r#"window-show-message-with-actions-response {"choice":"No"}"#,
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_only_editor_goes_away_waits_for_the_next() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let mut only = d.client().await;
+        only.ok(
+            "host.subscribeMessages",
+            json!({"extensionIds": ["acme.ask"]}),
+        )
+        .await;
+        c.ok("host.start", ipc_host(&d, "acme.ask", "chatty")).await;
+        let m = next_message(&mut only).await;
+        drop(only);
+        // Back in the host's queue: the next editor gets it (before, it was
+        // lost to editors and answered "timed out" 30 s later).
+        let mut next = d.client().await;
+        next.ok(
+            "host.subscribeMessages",
+            json!({"extensionIds": ["acme.ask"]}),
+        )
+        .await;
+        let again = next_message(&mut next).await;
+        assert_eq!(again["id"], m["id"]);
+        next.ok(
+            "host.respond",
+            json!({"extensionId": "acme.ask", "id": again["id"], "payload": {"choice": "Yes"}}),
+        )
+        .await;
+        wait_for_output(
+            &mut c,
+            "acme.ask",
+            r#"window-show-message-with-actions-response {"choice":"Yes"}"#,
+        )
+        .await;
+    })
+    .await;
+}

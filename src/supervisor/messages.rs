@@ -70,8 +70,11 @@ struct PendingRequest {
     bytes: usize,
     /// Arrival order, for delivering a queue in order.
     seq: u64,
-    /// `None` once an editor has been sent it.
-    queued: Option<Arc<HubMessage>>,
+    /// The message as editors get it.
+    message: Arc<HubMessage>,
+    /// The attached editors (subscription tokens) it was sent to; empty
+    /// while it waits in the queue.
+    delivered_to: Vec<u64>,
 }
 
 /// Why `host.respond` could not be delivered.
@@ -134,8 +137,35 @@ pub struct Attached {
 }
 
 impl Drop for Attached {
+    /// Detach; the requests only this editor had are handed to another
+    /// attached editor at once, or go back to their host's queue.
     fn drop(&mut self) {
-        self.hub.inner().attached.remove(&self.token);
+        let mut inner = self.hub.inner();
+        inner.attached.remove(&self.token);
+        let Inner {
+            attached, pending, ..
+        } = &mut *inner;
+        let mut resend = Vec::new();
+        for ((id, _), p) in pending.iter_mut() {
+            if !p.delivered_to.contains(&self.token) {
+                continue;
+            }
+            p.delivered_to.retain(|t| *t != self.token);
+            if p.delivered_to.is_empty() {
+                p.delivered_to = attached
+                    .iter()
+                    .filter(|(_, f)| filter_matches(f, id))
+                    .map(|(t, _)| *t)
+                    .collect();
+                if !p.delivered_to.is_empty() {
+                    resend.push((p.seq, p.message.clone()));
+                }
+            }
+        }
+        resend.sort_by_key(|(seq, _)| *seq);
+        for (_, m) in resend {
+            let _ = self.hub.tx.send(m);
+        }
     }
 }
 
@@ -179,8 +209,11 @@ impl MessageHub {
         let mut backlog: Vec<(u64, Box<RawValue>)> = inner
             .pending
             .iter_mut()
-            .filter(|((id, _), _)| filter_matches(&filter, id))
-            .filter_map(|(_, p)| p.queued.take().map(|m| (p.seq, m.json.clone())))
+            .filter(|((id, _), p)| p.delivered_to.is_empty() && filter_matches(&filter, id))
+            .map(|(_, p)| {
+                p.delivered_to.push(token);
+                (p.seq, p.message.json.clone())
+            })
             .collect();
         backlog.sort_by_key(|(seq, _)| *seq);
         inner.attached.insert(token, filter);
@@ -296,10 +329,13 @@ impl MessageHub {
             }
         })
         .abort_handle();
-        let listening = inner
+        let listening: Vec<u64> = inner
             .attached
-            .values()
-            .any(|f| filter_matches(f, extension_id));
+            .iter()
+            .filter(|(_, f)| filter_matches(f, extension_id))
+            .map(|(t, _)| *t)
+            .collect();
+        let delivered = !listening.is_empty();
         let l = inner.load.entry(extension_id.to_string()).or_default();
         l.0 += 1;
         l.1 += bytes;
@@ -311,10 +347,11 @@ impl MessageHub {
                 timer,
                 bytes,
                 seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
-                queued: (!listening).then(|| hub_msg.clone()),
+                message: hub_msg.clone(),
+                delivered_to: listening,
             },
         );
-        if listening {
+        if delivered {
             let _ = self.tx.send(hub_msg);
             Offer::Delivered
         } else {
