@@ -528,3 +528,58 @@ async fn the_commented_example_host_works_as_documented() {
     })
     .await;
 }
+
+/// Resident memory of `pid`, KiB.
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_flood_costs_at_most_the_queue_cap() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        let before = rss_kib(d.pid());
+        // 256 requests of 2 MiB to editors, none attached: 512 MiB offered.
+        let mut p = start_params(&d, "acme.flood", "ipc-host.js", &[]);
+        p["env"]["IPC_HOST_MODE"] = json!("flood");
+        p["env"]["IPC_HOST_FLOOD_N"] = json!("256");
+        p["env"]["IPC_HOST_FLOOD_BYTES"] = json!((2 << 20).to_string());
+        c.ok("host.start", p).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let u = loop {
+            let u = c
+                .ok("host.usage", json!({"extensionId": "acme.flood"}))
+                .await;
+            if u["ipc"]["hostRequests"] == 256 {
+                break u;
+            }
+            assert!(Instant::now() < deadline, "{u}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let after = rss_kib(d.pid());
+        let grew = after.saturating_sub(before) / 1024;
+        eprintln!(
+            "daemon RSS {before} KiB -> {after} KiB; {} waiting ({} bytes), {} refused",
+            u["waitingRequests"], u["waitingRequestBytes"], u["ipc"]["hostRequestsRefused"]
+        );
+        // The default cap is 64 MiB of waiting requests.
+        assert!(
+            u["waitingRequestBytes"].as_u64().unwrap() <= 64 << 20,
+            "{u}"
+        );
+        assert!(
+            u["ipc"]["hostRequestsRefused"].as_u64().unwrap() > 200,
+            "{u}"
+        );
+        assert!(grew <= 64 + 16, "the daemon grew {grew} MiB");
+    })
+    .await;
+}

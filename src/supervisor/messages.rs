@@ -64,6 +64,8 @@ pub struct HubMessage {
 }
 
 struct PendingRequest {
+    /// The request without its payload (the editors' copy holds that):
+    /// what its answer is built from.
     request: Message,
     replier: Replier,
     timer: tokio::task::AbortHandle,
@@ -342,7 +344,10 @@ impl MessageHub {
         inner.pending.insert(
             key,
             PendingRequest {
-                request: msg,
+                request: Message {
+                    payload: RawValue::from_string("null".into()).expect("JSON"),
+                    ..msg
+                },
                 replier: reply,
                 timer,
                 bytes,
