@@ -822,10 +822,28 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
         cgroup_roots: cgroups.v2.iter().cloned().collect(),
         runtime_dir: runtime_dir.clone(),
     };
-    for r in
-        crate::supervisor::records::reap_leftovers(&state_dir.join("running.json"), &provenance)
+    let recovered =
+        crate::supervisor::records::reap_leftovers(&state_dir.join("running.json"), &provenance);
+    for r in &recovered {
+        tracing::warn!(extension_id = %r.extension_id, pid = r.pid, reaped = r.reaped, detail = %r.detail, "a previous daemon died leaving this host running");
+    }
+    // Every host IPC directory is a leftover at start-up: no host runs yet.
+    #[cfg(unix)]
     {
-        tracing::warn!(leftover = %r, "killed a host left by a previous daemon");
+        let root = crate::ipc::transport::ipc_root(&runtime_dir);
+        if let Ok(dirs) = std::fs::read_dir(&root) {
+            let n = dirs.count();
+            if n > 0 {
+                match std::fs::remove_dir_all(&root) {
+                    Ok(()) => {
+                        tracing::info!(count = n, "removed IPC directories a previous daemon left")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %root.display(), "cannot remove leftover IPC directories")
+                    }
+                }
+            }
+        }
     }
     let listener = match inherited {
         Some(l) => l,
@@ -851,6 +869,7 @@ pub async fn run(opts: Options, mut config: Config, logs: LogReopen) -> anyhow::
             started_at: SystemTime::now(),
             started: Instant::now(),
             socket: socket.clone(),
+            recovered,
         },
         control: control_tx,
         state: state.clone(),

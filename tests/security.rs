@@ -121,10 +121,27 @@ async fn no_orphans_when_the_daemon_is_sigkilled() {
         assert!(
             second
                 .log_text()
-                .contains("killed a host left by a previous daemon"),
+                .contains("a previous daemon died leaving this host running"),
             "{}",
             second.log_text()
         );
+        // daemon.info says which hosts the previous run left, and what
+        // became of them; no IPC directory of theirs is left.
+        let info = second.client().await.ok("daemon.info", json!({})).await;
+        let recovered = info["recovered"].as_array().unwrap();
+        let tree = recovered
+            .iter()
+            .find(|r| r["extensionId"] == "acme.tree")
+            .unwrap_or_else(|| panic!("{info}"));
+        assert_eq!(tree["pid"], node_pid);
+        assert_eq!(tree["reaped"], true, "{tree}");
+        let by = recovered
+            .iter()
+            .find(|r| r["extensionId"] == "bystander")
+            .unwrap();
+        assert_eq!(by["reaped"], false, "{by}");
+        let ipc_dirs = std::fs::read_dir(d.dir.join("run/ipc")).map_or(0, |d| d.count());
+        assert_eq!(ipc_dirs, 0, "leftover IPC directories");
         assert_eq!(marker_pids(&d.marker), Vec::<i32>::new());
         let _ = bystander.kill();
         let _ = bystander.wait();

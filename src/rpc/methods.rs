@@ -43,6 +43,8 @@ pub struct DaemonInfo {
     pub started_at: SystemTime,
     pub started: Instant,
     pub socket: PathBuf,
+    /// The hosts a previous daemon left behind when it died.
+    pub recovered: Vec<crate::supervisor::records::Recovered>,
 }
 
 /// Requests from the RPC layer to the daemon's main loop.
@@ -179,6 +181,7 @@ struct Info {
     config_path: Option<String>,
     last_reload_error: Option<String>,
     sandbox: Option<serde_json::Value>,
+    recovered: Vec<crate::supervisor::records::Recovered>,
 }
 
 #[derive(Clone, Serialize)]
@@ -280,6 +283,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             sandbox: ctx.state.sandbox.clone(),
+            recovered: ctx.info.recovered.clone(),
         })
     })
     .expect("unique method name");
@@ -625,6 +629,7 @@ mod tests {
                 started_at: SystemTime::now(),
                 started: Instant::now(),
                 socket: "/x".into(),
+                recovered: Vec::new(),
             },
             control,
             state: Arc::default(),

@@ -352,6 +352,7 @@ impl Dispatcher {
                 started_at: std::time::SystemTime::now(),
                 started: std::time::Instant::now(),
                 socket: dir.join("hostd.sock"),
+                recovered: Vec::new(),
             },
             control,
             state: Arc::default(),

@@ -219,11 +219,25 @@ fn trustworthy(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
 }
 
+/// A host the previous daemon left running when it died (`daemon.info`
+/// `recovered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    pub extension_id: String,
+    pub pid: i32,
+    /// Something of it was still running and was killed.
+    pub reaped: bool,
+    /// What was killed, or why nothing was.
+    pub detail: String,
+}
+
 /// At start-up: kill what a previous daemon's record says is still running,
 /// but only what the record proves this daemon's predecessor started (see
 /// [`reap_record`]). A `running.json` that is not ours and private is
-/// ignored. Returns what was reaped.
-pub fn reap_leftovers(path: &Path, provenance: &Provenance) -> Vec<String> {
+/// ignored. Returns every recorded host, and whether anything of it was
+/// reaped.
+pub fn reap_leftovers(path: &Path, provenance: &Provenance) -> Vec<Recovered> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Vec::new();
     };
@@ -252,7 +266,19 @@ pub fn reap_leftovers(path: &Path, provenance: &Provenance) -> Vec<String> {
     #[cfg(any(target_os = "linux", target_os = "macos"))]
     let reaped = records
         .iter()
-        .flat_map(|r| reap_record(r, provenance))
+        .map(|r| {
+            let killed = reap_record(r, provenance);
+            Recovered {
+                extension_id: r.extension_id.clone(),
+                pid: r.pid,
+                reaped: !killed.is_empty(),
+                detail: if killed.is_empty() {
+                    "nothing of it was running (or nothing proved it ours)".into()
+                } else {
+                    killed.join("; ")
+                },
+            }
+        })
         .collect();
     let _ = write_atomic(path, &[]);
     reaped
