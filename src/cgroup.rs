@@ -288,36 +288,16 @@ impl HostCgroup {
     /// changes), not by polling. `Err` when inotify is unavailable; the
     /// caller then polls.
     pub async fn emptied(self) -> std::io::Result<()> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        use std::os::fd::{AsFd, AsRawFd, RawFd};
-        struct Watch(Inotify);
-        impl AsRawFd for Watch {
-            fn as_raw_fd(&self) -> RawFd {
-                self.0.as_fd().as_raw_fd()
-            }
-        }
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        inotify.add_watch(&self.dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)?;
-        // SAFETY: `Watch` owns the inotify descriptor: it stays open, and
-        // `as_raw_fd` returns that same descriptor, for as long as the
-        // `AsyncFd` that owns the `Watch` lives.
-        let watch = unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(
-                Watch(inotify),
-                tokio::io::Interest::READABLE,
-            )
-        }?;
+        let watch = crate::inotify::Watch::new(
+            &self.dir.join("cgroup.events"),
+            nix::sys::inotify::AddWatchFlags::IN_MODIFY,
+        )?;
         loop {
             // Checked after the watch exists, so no change is missed.
             if !self.populated() {
                 return Ok(());
             }
-            let mut ready = watch.readable().await?;
-            match ready.get_inner().0.read_events() {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
-                Err(e) => return Err(e.into()),
-            }
+            watch.changed().await?;
         }
     }
 }

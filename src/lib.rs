@@ -15,6 +15,8 @@ pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod daemon;
+#[cfg(target_os = "linux")]
+pub mod inotify;
 pub mod ipc;
 pub mod lines;
 pub mod paths;

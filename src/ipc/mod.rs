@@ -38,13 +38,17 @@ pub use transport::ipc_paths;
 
 /// The host's readiness request.
 pub const READY: &str = "extension-host-ready";
-/// First pause between attempts to connect to the host's socket; doubled
-/// up to [`CONNECT_RETRY_FAST`] while the host is young (Node needs tens of
-/// milliseconds to listen, and every millisecond here is start-up latency),
-/// then [`CONNECT_RETRY_SLOW`]. The actor's ready timeout bounds the whole.
+/// First pause between attempts to connect to the host's socket, doubled up
+/// to [`CONNECT_RETRY_SLOW`]. On Linux a change in the host's IPC directory
+/// (its socket appearing) resets it, so the connect follows the host's
+/// `listen` within a millisecond or two without polling meanwhile; elsewhere
+/// the pause stays at [`CONNECT_RETRY_FAST`] for the first seconds. The
+/// actor's ready timeout bounds the whole.
 const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(1);
+#[cfg(not(target_os = "linux"))]
 const CONNECT_RETRY_FAST: Duration = Duration::from_millis(4);
 const CONNECT_RETRY_SLOW: Duration = Duration::from_millis(100);
+#[cfg(not(target_os = "linux"))]
 const CONNECT_FAST_FOR: Duration = Duration::from_secs(2);
 
 /// Why a request relayed to a host did not get a `-response`.
@@ -540,7 +544,14 @@ async fn connect_to_host(
 ) {
     let shared = handle.shared.clone();
     let mut pause = CONNECT_RETRY_FIRST;
+    #[cfg(not(target_os = "linux"))]
     let started = tokio::time::Instant::now();
+    // Created before the first attempt: a socket made after it is an event.
+    #[cfg(target_os = "linux")]
+    let watch = path.parent().and_then(|dir| {
+        use nix::sys::inotify::AddWatchFlags as F;
+        crate::inotify::Watch::new(dir, F::IN_CREATE | F::IN_MOVED_TO | F::IN_ATTRIB).ok()
+    });
     let stream = loop {
         let attempt = tokio::select! {
             r = transport::connect(&path) => r,
@@ -554,15 +565,36 @@ async fn connect_to_host(
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = closed(&shared) => return,
+        #[cfg(target_os = "linux")]
+        {
+            let changed = async {
+                match &watch {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // The directory changed (the socket appeared): retry at once,
+                // then quickly (it may be bound but not yet listening).
+                _ = changed => pause = CONNECT_RETRY_FIRST,
+                () = tokio::time::sleep(pause) => {
+                    pause = (pause * 2).min(CONNECT_RETRY_SLOW);
+                }
+                () = closed(&shared) => return,
+            }
         }
-        pause = if started.elapsed() < CONNECT_FAST_FOR {
-            (pause * 2).min(CONNECT_RETRY_FAST)
-        } else {
-            CONNECT_RETRY_SLOW
-        };
+        #[cfg(not(target_os = "linux"))]
+        {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = closed(&shared) => return,
+            }
+            pause = if started.elapsed() < CONNECT_FAST_FOR {
+                (pause * 2).min(CONNECT_RETRY_FAST)
+            } else {
+                CONNECT_RETRY_SLOW
+            };
+        }
     };
     let (read, write) = tokio::io::split(stream);
     let conn = Conn::new(write, shared.config.max_frame);
