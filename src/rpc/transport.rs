@@ -38,6 +38,9 @@ use crate::lines::{BoundedLines, Line};
 const OUT_QUEUE: usize = 256;
 /// Largest single response (a big `host.logs`).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// Entries of one batch run at once (the default per-connection in-flight
+/// limit).
+const BATCH_CONCURRENCY: usize = 64;
 /// Subscriptions one connection may hold.
 const MAX_SUBSCRIPTIONS: usize = 1024;
 
@@ -386,9 +389,11 @@ impl Dispatcher {
                 Invalid::Request(Id::Null, "empty batch").into_json(),
             ));
         }
-        // Up to 16 entries at a time, in order; once the replies add up past
-        // the response limit, every later entry is answered with an error
-        // instead of being run (its reply could not be sent anyway).
+        // Up to BATCH_CONCURRENCY entries at a time (a batch of 100 stops
+        // runs them together, as a connection's in-flight requests would),
+        // replies taken in order; once they add up past the response limit,
+        // every later entry is answered with an error instead of being run
+        // (its reply could not be sent anyway).
         let mut replies = futures_util::stream::FuturesOrdered::new();
         let mut next = 0;
         let mut jsons = Vec::new();
@@ -396,7 +401,7 @@ impl Dispatcher {
         let mut total = 0usize;
         let mut over = 0usize;
         loop {
-            while replies.len() < 16 && next < items.len() {
+            while replies.len() < BATCH_CONCURRENCY && next < items.len() {
                 replies.push_back(self.handle_one(items[next].get(), true));
                 next += 1;
             }
