@@ -46,3 +46,99 @@ impl Watch {
         }
     }
 }
+
+/// Many directory watches on one inotify instance (the per-user instance
+/// limit is 128 by default; a watch per host would exhaust it and starve
+/// the cgroup watches). A background task reads the events and wakes the
+/// watch each is for.
+struct Shared {
+    fd: AsyncFd<Fd>,
+    waiters: std::sync::Mutex<
+        std::collections::HashMap<
+            nix::sys::inotify::WatchDescriptor,
+            std::sync::Arc<tokio::sync::Notify>,
+        >,
+    >,
+}
+
+fn shared() -> Option<std::sync::Arc<Shared>> {
+    static SHARED: std::sync::OnceLock<Option<std::sync::Arc<Shared>>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+            // SAFETY: as in `Watch::new`: `Fd` owns the descriptor for as
+            // long as the `AsyncFd` lives (here: the process's life).
+            let fd = unsafe {
+                AsyncFd::register_with_interest(Fd(inotify), tokio::io::Interest::READABLE)
+            }
+            .ok()?;
+            let shared = std::sync::Arc::new(Shared {
+                fd,
+                waiters: Default::default(),
+            });
+            let reader = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok(mut ready) = reader.fd.readable().await else {
+                        return;
+                    };
+                    match ready.get_inner().0.read_events() {
+                        Ok(events) => {
+                            let waiters = reader.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                            for e in events {
+                                if let Some(n) = waiters.get(&e.wd) {
+                                    n.notify_one();
+                                }
+                            }
+                        }
+                        Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the shared inotify watch failed");
+                            return;
+                        }
+                    }
+                }
+            });
+            Some(shared)
+        })
+        .clone()
+}
+
+/// A watch on one directory through the daemon's shared inotify instance.
+pub struct DirWatch {
+    shared: std::sync::Arc<Shared>,
+    wd: nix::sys::inotify::WatchDescriptor,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl DirWatch {
+    /// Needs a tokio runtime (the first call starts the reader task).
+    pub fn new(dir: &Path, flags: AddWatchFlags) -> io::Result<DirWatch> {
+        let shared = shared().ok_or_else(|| io::Error::other("no inotify"))?;
+        let wd = shared.fd.get_ref().0.add_watch(dir, flags)?;
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(wd, notify.clone());
+        Ok(DirWatch { shared, wd, notify })
+    }
+
+    /// Resolves at the next event in the directory (or at once if one came
+    /// since the last call).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for DirWatch {
+    fn drop(&mut self) {
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.wd);
+        let _ = self.shared.fd.get_ref().0.rm_watch(self.wd);
+    }
+}

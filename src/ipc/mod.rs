@@ -550,7 +550,7 @@ async fn connect_to_host(
     #[cfg(target_os = "linux")]
     let watch = path.parent().and_then(|dir| {
         use nix::sys::inotify::AddWatchFlags as F;
-        crate::inotify::Watch::new(dir, F::IN_CREATE | F::IN_MOVED_TO | F::IN_ATTRIB).ok()
+        crate::inotify::DirWatch::new(dir, F::IN_CREATE | F::IN_MOVED_TO | F::IN_ATTRIB).ok()
     });
     let stream = loop {
         let attempt = tokio::select! {
@@ -570,13 +570,13 @@ async fn connect_to_host(
             let changed = async {
                 match &watch {
                     Some(w) => w.changed().await,
-                    None => std::future::pending().await,
+                    None => std::future::pending::<()>().await,
                 }
             };
             tokio::select! {
                 // The directory changed (the socket appeared): retry at once,
                 // then quickly (it may be bound but not yet listening).
-                _ = changed => pause = CONNECT_RETRY_FIRST,
+                () = changed => pause = CONNECT_RETRY_FIRST,
                 () = tokio::time::sleep(pause) => {
                     pause = (pause * 2).min(CONNECT_RETRY_SLOW);
                 }
