@@ -455,7 +455,9 @@ mod tests {
             cgroup: None,
         };
         write_atomic(&path, &[wrong]).unwrap();
-        assert!(reap_leftovers(&path, &Provenance::default()).is_empty());
+        let recovered = reap_leftovers(&path, &Provenance::default());
+        assert_eq!(recovered.len(), 1, "the record is reported");
+        assert!(!recovered[0].reaped, "{recovered:?}");
         // Still alive to assert this; the file is emptied.
         assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), "[]");
     }
