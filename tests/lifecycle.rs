@@ -741,3 +741,49 @@ async fn a_frozen_daemon_never_restores_the_budget_of_a_host_that_exited() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_hosts_actor_kills_its_processes_and_leaves_it_crashed_not_stuck() {
+    timed(async {
+        // Debug builds panic in this host's actor on host.usage.
+        let d = Daemon::start_with(DaemonOpts {
+            env: vec![("DSCODE_HOSTD_TEST_PANIC_ON".into(), "acme.boom".into())],
+            ..Default::default()
+        });
+        let mut sub = d.client().await;
+        sub.ok("host.subscribe", json!({"extensionIds": ["acme.boom"]}))
+            .await;
+        let mut c = d.client().await;
+        let mut p = start_params(&d, "acme.boom", "fork-grandchild.js", &[]);
+        p["readyTimeoutMs"] = json!(0);
+        let st = c.ok("host.start", p.clone()).await;
+        let pid = st["pid"].as_i64().unwrap() as i32;
+        let grandchild = output_pid(&mut c, "acme.boom", "sleep ").await;
+        let _ = c
+            .call("host.usage", json!({"extensionId": "acme.boom"}))
+            .await;
+        let events = sub.events_until(S20, |e| e["to"] == "crashed").await;
+        let last = events.last().unwrap();
+        assert!(
+            last["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("internal error: "),
+            "{last}"
+        );
+        eventually(S5, "the host and its grandchild are killed", || {
+            !process_alive(pid) && !process_alive(grandchild)
+        })
+        .await;
+        // Not stuck: the id answers and starts again.
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.boom"}))
+            .await;
+        assert_eq!(st["state"], "crashed");
+        let st = c.ok("host.start", p).await;
+        assert_eq!(st["state"], "running");
+        c.ok("host.stop", json!({"extensionId": "acme.boom"})).await;
+        c.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}

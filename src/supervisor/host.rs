@@ -312,8 +312,60 @@ fn earliest(times: &[Option<Instant>]) -> Option<Instant> {
 }
 
 impl HostActor {
+    /// Turn after turn until the actor is done. A panic in a turn is caught:
+    /// the host's processes are killed, it turns `crashed` with the panic as
+    /// the reason, and the actor goes on (its handle stays valid, the id
+    /// usable). Never a host stuck with its processes unsupervised.
     async fn run(mut self) {
+        use futures_util::FutureExt;
         loop {
+            match std::panic::AssertUnwindSafe(self.turn())
+                .catch_unwind()
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(panic) => self.on_panic(panic),
+            }
+        }
+    }
+
+    fn on_panic(&mut self, panic: Box<dyn std::any::Any + Send>) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        tracing::error!(extension_id = %self.id, panic = %what, "internal error in the host's actor; killing its processes");
+        self.kill_tree();
+        self.end_session("internal error");
+        self.child = None;
+        self.pid = None;
+        self.started = None;
+        self.group = None;
+        self.release_cgroup();
+        if let Some(r) = &self.records {
+            r.down(&self.id);
+        }
+        self.restart_at = None;
+        self.stable_at = None;
+        if let Some(stop) = self.stop.take() {
+            for w in stop.waiters.into_iter().chain(stop.restarts) {
+                let _ = w.send(Err(self.invalid()));
+            }
+        }
+        let from = self.state;
+        self.state = HostState::Crashed;
+        self.bus.transition(
+            from,
+            self.status(),
+            format!("internal error: {what} (processes killed)"),
+        );
+    }
+
+    /// One wake-up of the actor; `false` when it is done.
+    async fn turn(&mut self) -> bool {
+        {
             let stop_at = self
                 .stop
                 .as_ref()
@@ -332,7 +384,7 @@ impl HostActor {
                         if self.state.is_at_rest() {
                             self.remove_self();
                             let _ = reply.send(Ok(()));
-                            return;
+                            return false;
                         }
                         let _ = reply.send(Err(self.invalid()));
                     }
@@ -340,7 +392,7 @@ impl HostActor {
                     None => {
                         // Every handle is gone: never leave a process behind.
                         self.kill_tree();
-                        return;
+                        return false;
                     }
                 },
                 () = sleep_opt(self.ready_deadline) => {
@@ -363,6 +415,7 @@ impl HostActor {
                 }
             }
         }
+        true
     }
 
     async fn handle(&mut self, cmd: Command) {
@@ -413,6 +466,8 @@ impl HostActor {
                 let _ = reply.send(r);
             }
             Command::Usage(reply) => {
+                #[cfg(debug_assertions)]
+                test_hook_panic(&self.id);
                 // The read (a /proc scan) runs on a blocking thread, which
                 // answers; the actor goes on at once.
                 let probe = self.group.as_ref().map(|g| g.usage_probe());
@@ -1266,6 +1321,16 @@ fn make_cgroups(
         tracing::warn!(extension_id = %id, ?limit, controller = limit.controller(), "limit not applied: no writable controller");
     }
     (cgroup, v1)
+}
+
+/// Test hook (debug builds only): `host.usage` of the host named by
+/// `$DSCODE_HOSTD_TEST_PANIC_ON` panics in its actor, to prove a panic is
+/// contained.
+#[cfg(debug_assertions)]
+fn test_hook_panic(id: &str) {
+    if std::env::var_os("DSCODE_HOSTD_TEST_PANIC_ON").is_some_and(|v| v == id) {
+        panic!("test hook: panic in the actor of {id}");
+    }
 }
 
 /// Test hook (debug builds only): run `$DSCODE_HOSTD_TEST_AFTER_VERIFY` after
