@@ -113,6 +113,9 @@ pub struct HostConfig {
     /// Payloads the daemon answers host requests with, by type.
     #[serde(default)]
     pub static_answers: BTreeMap<String, serde_json::Value>,
+    /// This host's output limits (default: the daemon's).
+    pub log_rate_lines: Option<u64>,
+    pub log_rate_bytes: Option<u64>,
 }
 
 impl HostConfig {
@@ -140,8 +143,20 @@ impl HostConfig {
             writable_paths: Some(self.writable_paths.clone()),
             pass_env: Some(self.pass_env.clone()),
             static_answers: Some(self.static_answers.clone()),
+            log_rate_lines: self.log_rate_lines,
+            log_rate_bytes: self.log_rate_bytes,
         }
     }
+}
+
+/// Where host output lines are written (they are always in `host.logs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostOutput {
+    #[default]
+    File,
+    Stderr,
+    Both,
 }
 
 /// Log output format.
@@ -289,8 +304,19 @@ pub struct Config {
     pub log_dir: Option<PathBuf>,
     /// `text` or `json` (one object per line).
     pub log_format: LogFormat,
-    /// Daily log files kept.
+    /// Log files kept (daily, and more when one reaches `log_max_bytes`).
     pub log_max_files: usize,
+    /// A log file is closed and a new one begun past this many bytes: the
+    /// log directory holds at most `log_max_files` × this.
+    pub log_max_bytes: u64,
+    /// Each host's output limit, lines a second (0: none), with a burst of
+    /// two seconds' worth; a marker line says how many were dropped.
+    pub log_rate_lines: u64,
+    /// The same in bytes a second.
+    pub log_rate_bytes: u64,
+    /// Where host output lines go besides `host.logs`: `file` (the log
+    /// file), `stderr` (the journal, under systemd) or `both`.
+    pub host_output: HostOutput,
     /// Declared hosts.
     pub host: Vec<HostConfig>,
     /// Longest IPC frame a host may send (or be sent).
@@ -330,6 +356,10 @@ impl Default for Config {
             log_dir: None,
             log_format: LogFormat::Text,
             log_max_files: 7,
+            log_max_bytes: 64 * 1024 * 1024,
+            log_rate_lines: 1000,
+            log_rate_bytes: 1024 * 1024,
+            host_output: HostOutput::File,
             host: Vec::new(),
             ipc_max_message_bytes: 50 * 1024 * 1024,
             ready_timeout_ms: 60_000,
@@ -450,6 +480,16 @@ impl Config {
         if self.log_max_files == 0 {
             return invalid("log_max_files", "must be at least 1");
         }
+        if self.log_max_bytes < 64 * 1024 {
+            return invalid("log_max_bytes", "must be at least 65536");
+        }
+        let most = crate::supervisor::MAX_LOG_RATE;
+        if self.log_rate_lines > most || self.log_rate_bytes > most {
+            return invalid(
+                "log_rate_lines",
+                &format!("log rates must be at most {most}"),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return invalid("log_level", &format!("is not a valid filter: {e}"));
         }
@@ -507,6 +547,10 @@ impl Config {
     /// Host-request limits, static answers and the hosts' user, into the
     /// supervisor's settings.
     pub fn apply_host_settings(&self, s: &mut crate::supervisor::SupervisorConfig) {
+        s.log_rate = crate::supervisor::logs::LogRate {
+            lines_per_sec: self.log_rate_lines,
+            bytes_per_sec: self.log_rate_bytes,
+        };
         s.run_as = self
             .sandbox
             .run_as

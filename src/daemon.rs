@@ -131,6 +131,8 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<Logging> 
     let mut log_file = LogFile {
         dir: dir.clone(),
         max_files: config.log_max_files,
+        max_bytes: config.log_max_bytes,
+        written: 0,
         current: None,
         reopen: reopen.clone(),
     };
@@ -161,9 +163,20 @@ pub fn init_logging(config: &Config, opts: &Options) -> anyhow::Result<Logging> 
                 .boxed(),
         ),
     };
+    // Host output (target "host") goes where `host_output` says, once.
+    use crate::config::HostOutput;
+    use tracing_subscriber::filter::{FilterExt, filter_fn};
+    let to_stderr = matches!(config.host_output, HostOutput::Stderr | HostOutput::Both);
+    let to_file = matches!(config.host_output, HostOutput::File | HostOutput::Both);
     tracing_subscriber::registry()
-        .with(stderr_layer.with_filter(filter()))
-        .with(file_layer.with_filter(filter()))
+        .with(
+            stderr_layer
+                .with_filter(filter().and(filter_fn(move |m| to_stderr || m.target() != "host"))),
+        )
+        .with(
+            file_layer
+                .with_filter(filter().and(filter_fn(move |m| to_file || m.target() != "host"))),
+        )
         .try_init()
         .context("installing the tracing subscriber")?;
     if tightened {
@@ -183,6 +196,10 @@ const LOG_SUFFIX: &str = ".log";
 struct LogFile {
     dir: PathBuf,
     max_files: usize,
+    /// Past this many bytes the file is renamed aside and a new one begun.
+    max_bytes: u64,
+    /// Bytes in the open file.
+    written: u64,
     /// The date and the open file.
     current: Option<(String, std::fs::File)>,
     reopen: LogReopen,
@@ -210,8 +227,28 @@ impl LogFile {
         // A file an older version created keeps its mode: set it.
         #[cfg(unix)]
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        self.written = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.current = Some((date, file));
         Ok(())
+    }
+
+    /// The open file is full: rename it aside (a name that sorts after the
+    /// day's earlier files and before its current one) and begin a new one.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some((date, f)) = self.current.take() {
+            drop(f);
+            let nanos = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            let from = self.dir.join(format!("{LOG_PREFIX}{date}{LOG_SUFFIX}"));
+            let to = self
+                .dir
+                .join(format!("{LOG_PREFIX}{date}.{nanos:020}{LOG_SUFFIX}"));
+            // If it cannot be renamed, the same file goes on (over its size).
+            let _ = std::fs::rename(from, to);
+        }
+        self.open()
     }
 
     /// Delete the oldest log files so that, with `keep` about to be opened,
@@ -266,8 +303,20 @@ impl std::io::Write for LogFile {
                 self.reopen.request();
             }
         }
+        if self.max_bytes > 0
+            && self.written > 0
+            && self.written + buf.len() as u64 > self.max_bytes
+            && let Err(e) = self.rotate()
+            && self.current.is_none()
+        {
+            return Err(e);
+        }
         match &mut self.current {
-            Some((_, f)) => f.write(buf),
+            Some((_, f)) => {
+                let n = f.write(buf)?;
+                self.written += n as u64;
+                Ok(n)
+            }
             None => Err(std::io::Error::other("no log file")),
         }
     }

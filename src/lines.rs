@@ -40,6 +40,26 @@ impl BoundedLines {
     }
 }
 
+impl BoundedLines {
+    /// Drop every complete line in `src` at once (up to its last `\n`),
+    /// returning how many: the fast path of a reader that is discarding
+    /// (a log flood over its rate). A partial last line stays.
+    pub fn skip_complete(&mut self, src: &mut BytesMut) -> u64 {
+        let Some(last) = src.iter().rposition(|b| *b == b'\n') else {
+            return 0;
+        };
+        let mut n = src[..=last].iter().filter(|b| **b == b'\n').count() as u64;
+        if self.discarding {
+            // That newline ends a line already handed out (cut).
+            n -= 1;
+            self.discarding = false;
+        }
+        src.advance(last + 1);
+        self.scanned = 0;
+        n
+    }
+}
+
 fn strip_eol(mut line: BytesMut) -> BytesMut {
     if line.last() == Some(&b'\n') {
         line.truncate(line.len() - 1);
@@ -214,5 +234,20 @@ mod tests {
                 prop_assert!(peak <= max + 1 + 16 + 16);
             }
         }
+    }
+
+    #[test]
+    fn skipping_counts_whole_lines_and_keeps_the_partial_one() {
+        let mut codec = BoundedLines::new(4);
+        let mut buf = BytesMut::from(&b"a\nbb\nccc\ndd"[..]);
+        assert_eq!(codec.skip_complete(&mut buf), 3);
+        assert_eq!(&buf[..], b"dd");
+        // A cut line being discarded: its end is not another line.
+        let mut buf = BytesMut::from(&b"toolongline"[..]);
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Line::TooLong(_)))));
+        buf.extend_from_slice(b"...\nx\ny");
+        assert_eq!(codec.skip_complete(&mut buf), 1);
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert_eq!(&buf[..], b"y");
     }
 }

@@ -454,6 +454,8 @@ async fn log_tails_are_not_copied_per_subscription() {
         // A full ring: 1,000 lines of 16 KiB (the line limit) = 16 MiB.
         let mut p = start_params(&d, "acme.big", "print-lines.js", &["1000", "16000"]);
         p["readyTimeoutMs"] = json!(0);
+        // 16 MB at once: past the default output rate.
+        p["logRateBytes"] = json!(0);
         c.ok("host.start", p).await;
         wait_for_output(&mut c, "acme.big", "line 1000").await;
         let before = rss_kib(d.pid());

@@ -235,3 +235,64 @@ async fn abuse_leaves_the_daemon_and_its_host_undisturbed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_rate_limited_marked_and_the_log_dir_capped() {
+    timed(async {
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some("log_rate_lines = 200\nlog_max_bytes = 65536\nlog_max_files = 3\n".into()),
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let mut p = start_params(&d, "acme.flood", "flood.js", &["1500", "100"]);
+        p["readyTimeoutMs"] = json!(0);
+        c.ok("host.start", p).await;
+        let lines = wait_for_output(&mut c, "acme.flood", "flood done").await;
+        let text: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+        let written: u64 = text
+            .iter()
+            .find_map(|t| t.strip_prefix("flood done "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let dropped: u64 = text
+            .iter()
+            .filter_map(|t| t.strip_prefix("… "))
+            .filter_map(|t| t.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        let kept = text.iter().filter(|t| t.starts_with("xxx")).count() as u64;
+        eprintln!("flood: {written} lines written, {kept} kept, {dropped} reported dropped");
+        assert!(
+            dropped > 0,
+            "no marker: {:?}",
+            &text[text.len().saturating_sub(5)..]
+        );
+        // 200 lines/s with a 2 s burst over ~1.5 s: at most ~700 kept.
+        assert!(kept <= 800, "{kept} lines kept");
+        assert_eq!(kept + dropped, written, "every line is kept or counted");
+        // The log directory is capped: 3 files of at most 64 KiB (+ a line).
+        let state = d.dir.join("state");
+        let logs: Vec<u64> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("dscode-hostd.") && n.ends_with(".log"))
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .collect();
+        assert!(logs.len() <= 3, "{} log files", logs.len());
+        assert!(
+            logs.iter().all(|&n| n <= 65536 + 16 * 1024),
+            "a log file past its cap: {logs:?}"
+        );
+        // Host lines went to the file, not to stderr as well.
+        assert!(
+            !d.log_text().contains("xxxxxxxxxx"),
+            "host output on stderr"
+        );
+        c.ok("daemon.info", json!({})).await;
+    })
+    .await;
+}

@@ -235,6 +235,8 @@ fn start_request(p: params::StartParams) -> StartRequest {
         writable_paths: p.writable_paths,
         pass_env: p.pass_env,
         static_answers: p.static_answers,
+        log_rate_lines: p.log_rate_lines,
+        log_rate_bytes: p.log_rate_bytes,
     }
 }
 

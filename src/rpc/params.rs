@@ -112,6 +112,13 @@ pub struct StartParams {
     /// Payloads the daemon answers host requests with, by message type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
+    /// This host's output limit, lines a second (0: none), overriding
+    /// `log_rate_lines`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_rate_lines: Option<u64>,
+    /// The same in bytes a second, overriding `log_rate_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_rate_bytes: Option<u64>,
 }
 
 /// `host.request` / `host.send`.

@@ -609,6 +609,10 @@ impl HostActor {
                     Budget::arms_stable_timer(BudgetEvent::Spawned, self.ready_required())
                         .then(|| Instant::now() + self.spec.restart.stable_after);
                 let max = config.log_line_bytes;
+                // One budget for both pipes of this process.
+                let limiter = Arc::new(Mutex::new(super::logs::Limiter::new(
+                    self.spec.log_rate(&config),
+                )));
                 if let Some(out) = s.child.stdout.take() {
                     tokio::spawn(super::logs::pump(
                         out,
@@ -616,6 +620,7 @@ impl HostActor {
                         self.id.clone(),
                         self.logs.clone(),
                         max,
+                        limiter.clone(),
                     ));
                 }
                 if let Some(err) = s.child.stderr.take() {
@@ -625,6 +630,7 @@ impl HostActor {
                         self.id.clone(),
                         self.logs.clone(),
                         max,
+                        limiter,
                     ));
                 }
                 self.child = Some(s.child);

@@ -134,6 +134,10 @@ pub struct HostSpec {
     /// Payloads (compact JSON) the daemon answers host requests with, by
     /// type; on top of the daemon-wide `static_answers`.
     pub static_answers: BTreeMap<String, String>,
+    /// This host's output limits (lines/s, bytes/s), each `None` taking
+    /// the daemon's.
+    pub log_rate_lines: Option<u64>,
+    pub log_rate_bytes: Option<u64>,
 }
 
 impl HostSpec {
@@ -145,6 +149,14 @@ impl HostSpec {
                 .as_ref()
                 .map(|s| s.join("hosts").join(id).join("storage"))
         })
+    }
+
+    /// The output rate its processes get: its own, else the daemon's.
+    pub fn log_rate(&self, config: &SupervisorConfig) -> logs::LogRate {
+        logs::LogRate {
+            lines_per_sec: self.log_rate_lines.unwrap_or(config.log_rate.lines_per_sec),
+            bytes_per_sec: self.log_rate_bytes.unwrap_or(config.log_rate.bytes_per_sec),
+        }
     }
 
     /// The daemon's static answers with this host's on top.
@@ -210,6 +222,8 @@ pub struct StartRequest {
     pub writable_paths: Option<Vec<PathBuf>>,
     pub pass_env: Option<Vec<String>>,
     pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
+    pub log_rate_lines: Option<u64>,
+    pub log_rate_bytes: Option<u64>,
 }
 
 /// `host.usage`: a host's live resource use.
@@ -350,6 +364,8 @@ pub struct SupervisorConfig {
     pub static_answers: BTreeMap<String, String>,
     /// The user hosts run as (`[sandbox] run_as`, root daemons).
     pub run_as: Option<crate::spawn::HostUser>,
+    /// Each host's output limit unless it sets its own.
+    pub log_rate: logs::LogRate,
 }
 
 impl SupervisorConfig {
@@ -388,6 +404,7 @@ impl SupervisorConfig {
             host_requests: messages::HubLimits::default(),
             static_answers: BTreeMap::new(),
             run_as: None,
+            log_rate: logs::LogRate::default(),
         }
     }
 }
@@ -491,6 +508,8 @@ pub const MAX_SETTING_MS: u64 = 86_400_000;
 /// The largest memory limit, MiB (16 TiB), and CPU limit, percent (1,000 CPUs).
 pub const MAX_MEMORY_MB: u64 = 16 << 20;
 pub const MAX_CPU_PERCENT: u32 = 100_000;
+/// The largest output rate (lines or bytes a second) a host may be given.
+pub const MAX_LOG_RATE: u64 = 1 << 40;
 
 /// Every number of a start request within its documented range.
 fn check_ranges(req: &StartRequest) -> Result<(), SupervisorError> {
@@ -516,6 +535,17 @@ fn check_ranges(req: &StartRequest) -> Result<(), SupervisorError> {
             field: "memoryMaxMb",
             reason: format!("must be at most {MAX_MEMORY_MB}"),
         });
+    }
+    for (field, v) in [
+        ("logRateLines", req.log_rate_lines),
+        ("logRateBytes", req.log_rate_bytes),
+    ] {
+        if v.is_some_and(|v| v > MAX_LOG_RATE) {
+            return Err(SupervisorError::InvalidSpec {
+                field,
+                reason: format!("must be at most {MAX_LOG_RATE} (0: no limit)"),
+            });
+        }
     }
     if req.cpu_max_percent.is_some_and(|p| p > MAX_CPU_PERCENT) {
         return Err(SupervisorError::InvalidSpec {
@@ -708,6 +738,8 @@ pub fn build_spec(
                 writable_paths: Vec::new(),
                 pass_env: Vec::new(),
                 static_answers: BTreeMap::new(),
+                log_rate_lines: None,
+                log_rate_bytes: None,
             },
             (None, Some(prev)) => prev.clone(),
             (None, None) => {
@@ -779,6 +811,12 @@ pub fn build_spec(
                 });
             }
             spec.pass_env = names.clone();
+        }
+        if req.log_rate_lines.is_some() {
+            spec.log_rate_lines = req.log_rate_lines;
+        }
+        if req.log_rate_bytes.is_some() {
+            spec.log_rate_bytes = req.log_rate_bytes;
         }
         if let Some(answers) = &req.static_answers {
             spec.static_answers =

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Scenarios: rpc-latency rpc-throughput spawn stop exit-to-event scale idle
-//! fanout relay ready verify (default: all). Every scenario starts its own real
+//! fanout relay ready flood verify (default: all). Every scenario starts its own real
 //! daemon (the `dscode-hostd` binary beside this one) on a temp socket. The
 //! figure is the median over `--repeats` runs; the floor is measured the same
 //! way in the same run.
@@ -38,6 +38,7 @@ const ALL: &[&str] = &[
     "fanout",
     "relay",
     "ready",
+    "flood",
     "verify",
 ];
 
@@ -121,6 +122,7 @@ pub fn main() -> anyhow::Result<()> {
             "fanout" => fanout(&opts),
             "relay" => relay(&opts),
             "ready" => ready(&opts),
+            "flood" => flood(&opts),
             "verify" => verify(&opts),
             _ => unreachable!(),
         };
@@ -254,6 +256,11 @@ fn fixtures() -> PathBuf {
 
 impl Daemon {
     fn start(config: &str) -> anyhow::Result<Daemon> {
+        Self::start_logging(config, None)
+    }
+
+    /// With `log` as its `RUST_LOG` (else `HOSTD_BENCH_LOG`, else `error`).
+    fn start_logging(config: &str, log: Option<&str>) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new()
             .prefix("hostd-bench")
             .tempdir_in("/tmp")?;
@@ -280,7 +287,9 @@ impl Daemon {
             .arg(&cfg)
             .env(
                 "RUST_LOG",
-                std::env::var("HOSTD_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+                log.map(String::from).unwrap_or_else(|| {
+                    std::env::var("HOSTD_BENCH_LOG").unwrap_or_else(|_| "error".into())
+                }),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1139,6 +1148,69 @@ fn ready(o: &Opts) -> anyhow::Result<Vec<Row>> {
         )
         .floor(f99)
         .note(format!("{} starts of each, interleaved", ours.len())),
+    ])
+}
+
+/// Bytes of the daemon's log files under `dir`.
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// One host floods stdout for 10 s: what the daemon writes, the CPU it
+/// spends, and how fast another client is answered meanwhile.
+fn flood(_o: &Opts) -> anyhow::Result<Vec<Row>> {
+    let secs = 10u64;
+    // Host lines are info: log them, as a daemon does by default.
+    let d = Daemon::start_logging(
+        "heartbeat_interval_ms = 0\nready_timeout_ms = 0\n",
+        Some("info"),
+    )?;
+    let state = d.dir.path().join("state");
+    let mut c = Conn::open(&d.socket)?;
+    let (bytes0, cpu0) = (log_bytes(&state), cpu_ms(d.pid()));
+    let t0 = Instant::now();
+    c.call(
+        "host.start",
+        json!({"extensionId":"bench.flood","entry": fixtures().join("flood.js"),"args":[(secs * 1000).to_string(), "100"]}),
+    )?;
+    let mut lat = Vec::new();
+    let mut probe = Conn::open(&d.socket)?;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let t = Instant::now();
+        probe.call("daemon.info", json!({}))?;
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ms(d.pid()) - cpu0) / 1000.0 / wall;
+    let written = log_bytes(&state).saturating_sub(bytes0) as f64 / (1 << 20) as f64;
+    // The default budget: 1 MiB/s after a 2 s burst.
+    let budget = (secs + 2) as f64;
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = percentile(&lat, 0.99);
+    Ok(vec![
+        row(
+            "flood",
+            "log bytes written in a 10 s stdout flood",
+            written,
+            "MiB",
+        )
+        .target("≤ budget + 1 MiB", written <= budget + 1.0)
+        .note(format!(
+            "budget {budget} MiB (1 MiB/s, 2 s burst; 1,000 lines/s)"
+        )),
+        row("flood", "daemon CPU during the flood", cpu, "cores").target("≤ 0.5 core", cpu <= 0.5),
+        row("flood", "daemon.info p99 for another client", p99, "ms")
+            .target("≤ 5 ms", p99 <= 5.0)
+            .note(format!("{} calls", lat.len())),
     ])
 }
 
