@@ -434,18 +434,6 @@ async fn following_logs_while_pipelining_slow_requests_never_wedges() {
     .await;
 }
 
-/// Resident memory of `pid`, KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_tails_are_not_copied_per_subscription() {
     timed(async {

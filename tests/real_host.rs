@@ -529,18 +529,6 @@ async fn the_commented_example_host_works_as_documented() {
     .await;
 }
 
-/// Resident memory of `pid`, KiB.
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_costs_at_most_the_queue_cap() {
     timed(async {

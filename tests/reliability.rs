@@ -14,15 +14,6 @@ use dscode_hostd::state::{HostState, is_valid_edge};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-fn rss_kib(pid: i32) -> i64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
-
 fn state(v: &Value) -> HostState {
     serde_json::from_value(v.clone()).unwrap()
 }
@@ -90,7 +81,7 @@ async fn chaos_storm() {
             }
         };
         let warm_calls = run(5, 1).await;
-        let warm_rss = rss_kib(d.pid());
+        let warm_rss = rss_kib(d.pid()) as i64;
         let calls = run(25, 2).await;
         eprintln!(
             "chaos: {} calls, warm RSS {warm_rss} KiB",
@@ -167,7 +158,7 @@ async fn chaos_storm() {
             Vec::<i32>::new(),
             "fixture processes left"
         );
-        let end_rss = rss_kib(d.pid());
+        let end_rss = rss_kib(d.pid()) as i64;
         assert!(
             (end_rss - warm_rss).abs() <= 2048,
             "RSS drifted: {warm_rss} KiB after warm-up, {end_rss} KiB at the end"

@@ -607,3 +607,15 @@ pub fn run_daemon_once(dir: &Path, extra: &[&std::ffi::OsStr]) -> (Option<i32>, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Resident memory of `pid`, KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
