@@ -596,33 +596,56 @@ fn supervisor_config(
 
 /// Declare the config's hosts; start the autostart ones (all of them at
 /// start-up, only newly declared ones on reload). Failures are logged.
-async fn apply_hosts(supervisor: &Arc<Supervisor>, config: &Config, startup: bool) {
+async fn apply_hosts(
+    supervisor: &Arc<Supervisor>,
+    config: &Config,
+    startup: bool,
+) -> rpc::methods::ReloadReport {
+    use crate::supervisor::Declared;
+    let mut report = rpc::methods::ReloadReport::default();
     let mut starts = tokio::task::JoinSet::new();
     for h in &config.host {
-        let new = match supervisor.declare(h.start_request()).await {
-            Ok(new) => new,
+        let declared = match supervisor.declare(h.start_request()).await {
+            Ok(d) => d,
             Err(e) => {
                 tracing::error!(extension_id = %h.extension_id, error = %e, "cannot declare host");
+                report.failed.push(rpc::methods::HostFailure {
+                    extension_id: h.extension_id.clone(),
+                    error: e.to_string(),
+                });
                 continue;
             }
         };
-        if h.autostart && (startup || new) {
+        if declared == Declared::Deferred {
+            tracing::info!(extension_id = %h.extension_id, "an editor runs this host with its own spec: the config's declaration applies once it stops");
+            report.deferred.push(h.extension_id.clone());
+        }
+        if h.autostart && (startup || declared == Declared::New) {
             let sup = supervisor.clone();
             let id = h.extension_id.clone();
             starts.spawn(async move {
-                if let Err(e) = sup
-                    .start(crate::supervisor::StartRequest {
-                        extension_id: id.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                {
+                sup.start(crate::supervisor::StartRequest {
+                    extension_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .err()
+                .map(|e| {
                     tracing::error!(extension_id = %id, error = %e, "autostart failed");
-                }
+                    rpc::methods::HostFailure {
+                        extension_id: id,
+                        error: format!("autostart failed: {e}"),
+                    }
+                })
             });
         }
     }
-    while starts.join_next().await.is_some() {}
+    while let Some(r) = starts.join_next().await {
+        if let Ok(Some(failure)) = r {
+            report.failed.push(failure);
+        }
+    }
+    report
 }
 
 /// Where host cgroups go, when `sandbox.cgroup = "auto"`: a writable
@@ -1032,7 +1055,7 @@ async fn reload(
     config: &mut Config,
     supervisor: &Arc<Supervisor>,
     state: &DaemonState,
-) -> Result<(), String> {
+) -> Result<rpc::methods::ReloadReport, String> {
     notify(Notice::Reloading);
     let result = match load_config(opts) {
         Err(e) => {
@@ -1052,16 +1075,33 @@ async fn reload(
                 // Found at start-up (`sandbox.cgroup` is restart-only).
                 current.cgroups.clone(),
             ));
-            apply_hosts(supervisor, &new, false).await;
+            let report = apply_hosts(supervisor, &new, false).await;
             *config = new;
-            tracing::info!("config reloaded");
-            Ok(())
+            tracing::info!(
+                failed = report.failed.len(),
+                deferred = report.deferred.len(),
+                "config reloaded"
+            );
+            Ok(report)
         }
     };
+    // A reload that applied only part of the config says so too.
     *state
         .last_reload_error
         .lock()
-        .unwrap_or_else(|p| p.into_inner()) = result.clone().err();
+        .unwrap_or_else(|p| p.into_inner()) = match &result {
+        Err(e) => Some(e.clone()),
+        Ok(r) if !r.failed.is_empty() => Some(format!(
+            "the config was reloaded but {} host(s) could not be applied: {}",
+            r.failed.len(),
+            r.failed
+                .iter()
+                .map(|f| format!("{}: {}", f.extension_id, f.error))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+        Ok(_) => None,
+    };
     let status = status_line(supervisor);
     notify(Notice::Ready(&status));
     result

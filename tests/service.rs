@@ -518,3 +518,66 @@ async fn sigusr1_reopens_the_log_file() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reports_what_it_could_not_apply_and_leaves_an_editors_host_alone() {
+    timed(async {
+        let d = Daemon::start();
+        let mut c = d.client().await;
+        // An editor runs acme.mine with its own spec.
+        let mut p = start_params(&d, "acme.mine", "print-lines.js", &[]);
+        p["readyTimeoutMs"] = json!(0);
+        c.ok("host.start", p).await;
+        // The config now declares acme.mine (another entry) and a host whose
+        // entry does not exist.
+        let config = format!(
+            "[sandbox]\nwritable_paths = [\"{}\"]\n\
+             [[host]]\nextension_id = \"acme.mine\"\nentry = \"{}\"\n\
+             [[host]]\nextension_id = \"acme.broken\"\nentry = \"/nonexistent/host.js\"\n",
+            d.dir.display(),
+            fixture("crash-after.js"),
+        );
+        std::fs::write(d.dir.join("config.toml"), config).unwrap();
+        let r = c.ok("daemon.reload", json!({})).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["failed"][0]["extensionId"], "acme.broken", "{r}");
+        assert!(
+            r["failed"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("/nonexistent/host.js"),
+            "{r}"
+        );
+        assert_eq!(r["deferred"], json!(["acme.mine"]), "{r}");
+        let info = c.ok("daemon.info", json!({})).await;
+        assert!(
+            info["lastReloadError"]
+                .as_str()
+                .unwrap_or("")
+                .contains("acme.broken"),
+            "{info}"
+        );
+        // The editor's host keeps its spec while it runs…
+        let st = c
+            .ok("host.status", json!({"extensionId": "acme.mine"}))
+            .await;
+        assert_eq!(st["state"], "running");
+        assert!(
+            st["entry"].as_str().unwrap().ends_with("print-lines.js"),
+            "{st}"
+        );
+        // …and the config's applies once it stops.
+        let st = c.ok("host.stop", json!({"extensionId": "acme.mine"})).await;
+        assert!(
+            st["entry"].as_str().unwrap().ends_with("crash-after.js"),
+            "{st}"
+        );
+        // A clean reload clears the error.
+        let config = format!("[sandbox]\nwritable_paths = [\"{}\"]\n", d.dir.display());
+        std::fs::write(d.dir.join("config.toml"), config).unwrap();
+        assert_eq!(c.ok("daemon.reload", json!({})).await, json!({"ok": true}));
+        let info = c.ok("daemon.info", json!({})).await;
+        assert_eq!(info["lastReloadError"], Value::Null, "{info}");
+    })
+    .await;
+}

@@ -47,9 +47,41 @@ pub struct DaemonInfo {
     pub recovered: Vec<crate::supervisor::records::Recovered>,
 }
 
+/// A host of the config a reload could not apply.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostFailure {
+    pub extension_id: String,
+    pub error: String,
+}
+
+/// What a reload did not (yet) apply.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    /// Declarations or autostarts that failed.
+    pub failed: Vec<HostFailure>,
+    /// Hosts an editor runs with its own spec: their declaration applies
+    /// once they stop.
+    pub deferred: Vec<String>,
+}
+
+impl ReloadReport {
+    /// `{"ok": true}`, with `failed` and `deferred` when not empty.
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = json!({ "ok": true });
+        if !self.failed.is_empty() {
+            v["failed"] = json!(self.failed);
+        }
+        if !self.deferred.is_empty() {
+            v["deferred"] = json!(self.deferred);
+        }
+        v
+    }
+}
+
 /// Requests from the RPC layer to the daemon's main loop.
 pub enum Control {
-    Reload(oneshot::Sender<Result<(), String>>),
+    Reload(oneshot::Sender<Result<ReloadReport, String>>),
     Shutdown,
 }
 
@@ -305,7 +337,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .await
             .map_err(|_| ErrorObjectOwned::from(SupervisorError::ShuttingDown))?;
         match rx.await {
-            Ok(Ok(())) => RpcResult::Ok(json!({ "ok": true })),
+            Ok(Ok(report)) => RpcResult::Ok(report.to_json()),
             Ok(Err(e)) => Err(ErrorObject::owned(
                 codes::RELOAD_FAILED,
                 format!("config reload failed, previous config kept: {e}"),

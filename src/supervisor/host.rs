@@ -51,7 +51,7 @@ enum Command {
     Restart(Reply<HostStatus>),
     Remove(Reply<()>),
     /// Replace the spec used by the next start (config reload).
-    Declare(Box<StartRequest>, Reply<()>),
+    Declare(Box<StartRequest>, Reply<super::Declared>),
     /// What the host's processes use now (`None` when none runs).
     Usage(Reply<Option<spawn::GroupUsage>>),
 }
@@ -99,7 +99,10 @@ impl HostHandle {
         self.ask(Command::Remove).await
     }
 
-    pub async fn declare(&self, req: StartRequest) -> Option<Result<(), SupervisorError>> {
+    pub async fn declare(
+        &self,
+        req: StartRequest,
+    ) -> Option<Result<super::Declared, SupervisorError>> {
         self.ask(|r| Command::Declare(Box::new(req), r)).await
     }
 
@@ -183,6 +186,8 @@ pub fn spawn_actor(parts: ActorParts) -> HostHandle {
         session_slot: session,
         session: None,
         counters,
+        spec_from_editor: false,
+        deferred: None,
         failure: None,
         ipc_tx,
         ipc_rx,
@@ -248,6 +253,10 @@ struct HostActor {
     session_slot: Arc<Mutex<Option<SessionHandle>>>,
     session: Option<SessionHandle>,
     counters: Arc<ipc::Counters>,
+    /// The spec is an editor's (`host.start` with its own), not the config's.
+    spec_from_editor: bool,
+    /// A config declaration waiting for the editor's host to stop.
+    deferred: Option<HostSpec>,
     /// Why the current process was judged failed (not ready, unresponsive,
     /// bad frame), for the reason of what follows its exit.
     failure: Option<String>,
@@ -426,6 +435,13 @@ impl HostActor {
                     Err(e) => Err(e),
                     Ok(_) if !self.state.is_at_rest() => Err(self.invalid()),
                     Ok(spec) => {
+                        if req.entry.is_some() {
+                            // A whole spec of its own (an editor's): a
+                            // config declaration of this id waits until the
+                            // host stops. A start by id keeps the origin.
+                            self.spec_from_editor = true;
+                            self.deferred = None;
+                        }
                         self.spec = spec;
                         self.attempts_used = 0;
                         self.start("start requested").await
@@ -460,8 +476,17 @@ impl HostActor {
             Command::Declare(req, reply) => {
                 let config = self.settings();
                 let r = build_spec(&config, &req, None).map(|spec| {
-                    self.spec = spec;
-                    self.bus.set_status(self.status());
+                    if self.spec_from_editor && !self.state.is_at_rest() {
+                        // The editor's spec stays until its host stops.
+                        self.deferred = Some(spec);
+                        super::Declared::Deferred
+                    } else {
+                        self.spec = spec;
+                        self.spec_from_editor = false;
+                        self.deferred = None;
+                        self.bus.set_status(self.status());
+                        super::Declared::Updated
+                    }
                 });
                 let _ = reply.send(r);
             }
@@ -531,6 +556,15 @@ impl HostActor {
             Ok(to) => {
                 let from = self.state;
                 self.state = to;
+                if to.is_at_rest()
+                    && let Some(spec) = self.deferred.take()
+                {
+                    // The editor's host stopped: the config's declaration
+                    // of this id applies from its next start.
+                    tracing::info!(extension_id = %self.id, "the config's declaration of this host applies now");
+                    self.spec = spec;
+                    self.spec_from_editor = false;
+                }
                 let reason = reason.into();
                 tracing::info!(extension_id = %self.id, %from, %to, %reason, "state change");
                 self.bus.transition(from, self.status(), reason);

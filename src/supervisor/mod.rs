@@ -226,6 +226,18 @@ pub struct StartRequest {
     pub log_rate_bytes: Option<u64>,
 }
 
+/// What a config declaration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declared {
+    /// A new host, registered stopped.
+    New,
+    /// The host's spec for its next start is the declared one.
+    Updated,
+    /// An editor runs this host with its own spec: the declaration applies
+    /// once it stops.
+    Deferred,
+}
+
 /// `host.usage`: a host's live resource use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -689,20 +701,21 @@ impl Supervisor {
     }
 
     /// Declare a host from the config: register it (stopped) if new, or
-    /// replace the spec its next start uses. Returns whether it was new.
-    pub async fn declare(&self, req: StartRequest) -> Result<bool, SupervisorError> {
+    /// replace the spec its next start uses, unless an editor runs it with
+    /// its own spec: then the declaration waits until that host stops.
+    pub async fn declare(&self, req: StartRequest) -> Result<Declared, SupervisorError> {
         self.check_running()?;
         validate_extension_id(&req.extension_id)?;
         let spec = build_spec(&self.config(), &req, None)?;
         if let Some(h) = self.registry.get(&req.extension_id) {
             let id = req.extension_id.clone();
             return match h.declare(req).await {
-                Some(r) => r.map(|()| false),
+                Some(r) => r,
                 None => Err(SupervisorError::UnknownHost(id)),
             };
         }
         self.register(&req.extension_id, spec);
-        Ok(true)
+        Ok(Declared::New)
     }
 
     fn check_running(&self) -> Result<(), SupervisorError> {
