@@ -1222,6 +1222,72 @@ mod tests {
         assert!(env.contains_key(std::ffi::OsStr::new("HTTPS_PROXY")));
     }
 
+    /// The next transition of the subscribed host.
+    async fn next_transition(
+        rx: &mut tokio::sync::broadcast::Receiver<Arc<events::BusEvent>>,
+    ) -> events::StateEvent {
+        loop {
+            let ev = rx.recv().await.expect("bus open");
+            let e: events::StateEvent = serde_json::from_str(ev.json.get()).unwrap();
+            if e.kind == events::EventKind::Transition {
+                return e;
+            }
+        }
+    }
+
+    /// Paused time, deterministic: a host's process exits while the daemon
+    /// cannot run (as after SIGSTOP), then its stable time passes; when the
+    /// actor wakes, the timer and the exit are both due. The exit must win:
+    /// the budget of a process that is gone is never restored.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(start_paused = true)]
+    async fn an_exit_due_with_the_stable_timer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = dir.path().join("exit3.sh");
+        std::fs::write(&entry, "exit 3\n").unwrap();
+        let mut config = SupervisorConfig::new(dir.path().join("run"));
+        config.node = Some("/bin/sh".into());
+        config.ipc.ready_timeout = Duration::ZERO;
+        config.ipc.heartbeat_interval = Duration::ZERO;
+        let sup = Supervisor::new(config);
+        let filter: Filter = Some(["t.race".to_string()].into_iter().collect());
+        let mut rx = sup.subscribe(&filter).events;
+        sup.start(StartRequest {
+            extension_id: "t.race".into(),
+            entry: Some(entry),
+            max_attempts: Some(5),
+            backoff: Some(Duration::ZERO),
+            stable_after: Some(Duration::from_secs(10)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // Generation 1 exits: one attempt used, restarted at once.
+        loop {
+            let e = next_transition(&mut rx).await;
+            if e.to == Some(HostState::Running) && e.generation == Some(2) {
+                break;
+            }
+        }
+        // Generation 2 is spawned. Keep the runtime from running (or
+        // auto-advancing time) while it exits, then pass its stable time.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        // running → unhealthy (the exit), then the restart decision.
+        let e = loop {
+            let e = next_transition(&mut rx).await;
+            if e.to == Some(HostState::Restarting) {
+                break e;
+            }
+        };
+        assert!(
+            e.reason.ends_with("(attempt 2 of 5)"),
+            "the budget was restored for a process that had exited: {}",
+            e.reason
+        );
+        sup.shutdown(Duration::from_secs(5)).await;
+    }
+
     #[test]
     fn env_keys_are_checked() {
         let mut env = BTreeMap::new();
