@@ -1223,6 +1223,7 @@ mod tests {
     }
 
     /// The next transition of the subscribed host.
+    #[cfg(target_os = "linux")]
     async fn next_transition(
         rx: &mut tokio::sync::broadcast::Receiver<Arc<events::BusEvent>>,
     ) -> events::StateEvent {
