@@ -33,10 +33,11 @@ fn extensions_dir(d: &Daemon) -> PathBuf {
 }
 
 /// `host.start` params for the session host "main" running the real-host
-/// fixture over `dir`.
+/// fixture over `dir`, answered once it is ready.
 fn session(d: &Daemon, dir: &Path) -> Value {
     let mut p = start_params(d, "main", "real-host.js", &[]);
     p["extensionsDir"] = json!(dir);
+    p["waitReady"] = json!(true);
     p
 }
 
@@ -46,8 +47,7 @@ async fn the_real_host_becomes_ready_with_no_editor_and_serves_the_editor() {
         let d = Daemon::start();
         let dir = extensions_dir(&d);
         let mut c = d.client().await;
-        let mut p = session(&d, &dir);
-        p["waitReady"] = json!(true);
+        let p = session(&d, &dir);
         let t0 = Instant::now();
         let st = c.ok("host.start", p).await;
         let took = t0.elapsed();
@@ -136,8 +136,7 @@ async fn partial_replies_reach_the_requester_as_host_partial() {
         let d = Daemon::start();
         let dir = extensions_dir(&d);
         let mut c = d.client().await;
-        let mut p = session(&d, &dir);
-        p["waitReady"] = json!(true);
+        let p = session(&d, &dir);
         c.ok("host.start", p).await;
         let r = c
             .ok(
@@ -172,7 +171,6 @@ async fn a_request_from_before_any_editor_goes_to_the_first_one() {
         let mut c = d.client().await;
         let mut p = session(&d, &dir);
         p["env"]["REAL_HOST_STARTUP_ASK"] = json!("workspace-get-configuration");
-        p["waitReady"] = json!(true);
         c.ok("host.start", p).await;
         // The request waits in the host's queue (no editor yet).
         let deadline = Instant::now() + S10;
@@ -224,14 +222,12 @@ async fn static_answers_and_a_missing_extensions_dir() {
         // The daemon-wide table answers; a host's own table wins over it.
         let mut p = session(&d, &dir);
         p["env"]["REAL_HOST_STARTUP_ASK"] = json!("workspace-get-configuration");
-        p["waitReady"] = json!(true);
         c.ok("host.start", p).await;
         wait_for_output(&mut c, "main", r#"startup answer {"tabSize":2}"#).await;
         let mut p = session(&d, &dir);
         p["extensionId"] = json!("second");
         p["env"]["REAL_HOST_STARTUP_ASK"] = json!("workspace-get-configuration");
         p["staticAnswers"] = json!({"workspace-get-configuration": {"tabSize": 8}});
-        p["waitReady"] = json!(true);
         c.ok("host.start", p).await;
         wait_for_output(&mut c, "second", r#"startup answer {"tabSize":8}"#).await;
 
@@ -274,7 +270,6 @@ async fn killed_it_comes_back_ready_and_stop_leaves_nothing() {
         let mut c = d.client().await;
         let mut p = session(&d, &dir);
         p["restart"] = json!({"backoffMs": 20});
-        p["waitReady"] = json!(true);
         let st = c.ok("host.start", p).await;
         let pid = st["pid"].as_i64().unwrap() as i32;
         signal(pid, SIGKILL);

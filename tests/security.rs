@@ -871,15 +871,7 @@ async fn run_as_runs_hosts_as_that_user_with_their_dirs_and_no_way_to_the_contro
 
         // The control socket is root's and 0600: no process of the host
         // can even connect.
-        let probe = start_params(
-            &d,
-            "acme.probe",
-            "control-probe.js",
-            &[d.socket.to_str().unwrap()],
-        );
-        c.ok("host.start", probe).await;
-        let lines = wait_for_output(&mut c, "acme.probe", "control done").await;
-        let text: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+        let text = control_probe(&mut c, &d).await;
         for who in ["host", "child", "setsid"] {
             assert!(
                 text.iter()
@@ -906,15 +898,7 @@ async fn no_process_of_a_host_can_use_the_control_socket() {
             };
             let (_tmp, _out, d) = sandboxed(&keys, DaemonOpts::default());
             let mut c = d.client().await;
-            let probe = start_params(
-                &d,
-                "acme.probe",
-                "control-probe.js",
-                &[d.socket.to_str().unwrap()],
-            );
-            c.ok("host.start", probe).await;
-            let lines = wait_for_output(&mut c, "acme.probe", "control done").await;
-            let text: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+            let text = control_probe(&mut c, &d).await;
             for who in ["host", "child", "setsid"] {
                 assert!(
                     text.iter()
@@ -952,4 +936,22 @@ async fn no_process_of_a_host_can_use_the_control_socket() {
         }
     })
     .await;
+}
+
+/// Run `control-probe.js` as host `acme.probe` against the daemon's control
+/// socket; its output lines once the host, its child and a `setsid`
+/// escapee have each tried.
+async fn control_probe(c: &mut Client, d: &Daemon) -> Vec<String> {
+    let probe = start_params(
+        d,
+        "acme.probe",
+        "control-probe.js",
+        &[d.socket.to_str().unwrap()],
+    );
+    c.ok("host.start", probe).await;
+    wait_for_output(c, "acme.probe", "control done")
+        .await
+        .iter()
+        .filter_map(|l| Some(l["text"].as_str()?.to_string()))
+        .collect()
 }
