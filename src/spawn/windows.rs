@@ -82,15 +82,15 @@ impl ProcessGroup {
     /// terminate every process in the job.
     pub fn signal(&self, sig: StopSignal) {
         let result = match sig {
-            // SAFETY: plain integers; the group id is the host's pid because
-            // it was created with CREATE_NEW_PROCESS_GROUP.
-            StopSignal::Term => {
-                check(unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.pid) })
-            }
-            // SAFETY: the job handle is valid while `self` lives.
-            StopSignal::Kill => {
-                check(unsafe { TerminateJobObject(self.job.as_raw_handle() as HANDLE, 1) })
-            }
+            StopSignal::Term => check(
+                // SAFETY: plain integers; the group id is the host's pid
+                // because it was created with CREATE_NEW_PROCESS_GROUP.
+                unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, self.pid) },
+            ),
+            StopSignal::Kill => check(
+                // SAFETY: the job handle is valid while `self` lives.
+                unsafe { TerminateJobObject(self.job.as_raw_handle() as HANDLE, 1) },
+            ),
         };
         if let Err(e) = result {
             tracing::warn!(pid = self.pid, signal = ?sig, error = %e, "signalling the host's job failed");
