@@ -7,7 +7,8 @@
 //!
 //! Every daemon here runs with `sandbox.cgroup = "off"`: host cgroups are
 //! named by the daemon's pid, which all the daemons of this process share,
-//! so one's shutdown sweep would reach another's.
+//! so one's shutdown sweep would reach another's. The one test with
+//! cgroups on starts no host, and the others make no cgroup.
 
 // Unix sockets, /proc and node fixtures.
 #![cfg(unix)]
@@ -239,6 +240,45 @@ async fn daemon_shutdown_ends_run_without_the_future() {
             .await;
         c.ok("daemon.shutdown", json!({})).await;
         d.wait_returned().await;
+    })
+    .await;
+}
+
+/// The cgroup v1 hierarchy of `controller` the daemon uses for limits here
+/// (the same path: this process is the daemon).
+#[cfg(target_os = "linux")]
+fn v1_root(info: &Value, controller: &str, key: &str) -> PathBuf {
+    assert_eq!(
+        info["sandbox"][key]["via"], "cgroup1",
+        "this test needs a writable cgroup v1 {controller} hierarchy (CI runs as root on a \
+         hybrid layout); daemon.info says {}",
+        info["sandbox"]
+    );
+    dscode_hostd::cgroup::detect_v1(controller).unwrap()
+}
+
+/// At shutdown the daemon removes its own empty host cgroups from every
+/// hierarchy it makes them in: cgroup2, and the v1 `memory` and `cpu` ones.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_sweep_covers_the_v1_memory_and_cpu_roots() {
+    timed(async {
+        let d = InProcess::start("[sandbox]\ncgroup = \"auto\"\n").await;
+        let mut c = d.client().await;
+        let info = c.ok("daemon.info", json!({})).await;
+        // What a host's limit cgroup is named (`<daemon pid>.<id>.<n>`),
+        // left behind empty: the sweep's to remove.
+        let leftover = |root: &std::path::Path| {
+            let p = root.join(format!("{}.acme.sweep.1", std::process::id()));
+            std::fs::create_dir(&p).unwrap();
+            p
+        };
+        let memory = leftover(&v1_root(&info, "memory", "memoryLimit"));
+        let cpu = leftover(&v1_root(&info, "cpu", "cpuLimit"));
+        d.shut_down().await;
+        for p in [memory, cpu] {
+            assert!(!p.exists(), "{} outlived the shutdown", p.display());
+        }
     })
     .await;
 }

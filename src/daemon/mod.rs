@@ -289,10 +289,12 @@ pub async fn run(
     if !activated {
         let _ = std::fs::remove_file(&socket);
     }
+    // This daemon's empty host cgroups, in every hierarchy it makes them
+    // in: cgroup2, and the v1 `memory` and `cpu` ones of limits.
     #[cfg(target_os = "linux")]
     {
         let roots = supervisor.config().cgroups.clone();
-        for root in roots.v2.iter().chain(&roots.memory_v1) {
+        for root in roots.v2.iter().chain(&roots.memory_v1).chain(&roots.cpu_v1) {
             crate::cgroup::remove_ours(root);
         }
     }
