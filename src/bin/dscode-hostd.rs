@@ -1,6 +1,10 @@
 //! `dscode-hostd`: the extension-host supervisor daemon. Runs in the
 //! foreground; systemd or launchd supervise it.
 //!
+//! The entry point: the config, read once into `daemon::Settings`; logging;
+//! the runtime; then `daemon::bind` and `daemon::run` with the signals as
+//! its triggers.
+//!
 //! Exit status: 0 after a clean shutdown, 2 for a config error (or a config
 //! file others could write), 1 otherwise.
 
@@ -51,7 +55,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logging = match daemon::init_logging(&config, &opts) {
+    let settings = match daemon::Settings::from_config(&config, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dscode-hostd: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let logging = match daemon::init_logging(&settings.logging) {
         Ok(logging) => logging,
         Err(e) => {
             eprintln!("dscode-hostd: error: {e:#}");
@@ -69,7 +80,7 @@ fn main() -> ExitCode {
         }
     };
     let _guard = logging.guard;
-    match runtime.block_on(daemon::run(opts, config, logging.reopen)) {
+    match runtime.block_on(serve(settings, logging.reopen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -77,4 +88,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Bind, then serve until a signal says stop.
+async fn serve(settings: daemon::Settings, logs: daemon::LogReopen) -> anyhow::Result<()> {
+    daemon::prepare_process();
+    // Before anything can accept a client: a SIGTERM that arrives while we
+    // start up must shut down cleanly, not kill us.
+    let signals = daemon::Signals::new()?;
+    let bound = daemon::bind(&settings)?;
+    daemon::run(bound, settings, signals.triggers(logs)).await
 }

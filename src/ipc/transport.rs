@@ -30,7 +30,7 @@ pub fn ipc_root(runtime_dir: &Path) -> PathBuf {
 }
 
 /// Named pipes live in one machine-wide namespace: the daemon's identity
-/// (its control pipe's full name, which `daemon.rs` passes as the runtime
+/// (its control pipe's full name, which `daemon::Settings` passes as the runtime
 /// dir on Windows) goes into the name, so two users' daemons never collide.
 #[cfg(windows)]
 pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
