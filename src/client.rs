@@ -59,7 +59,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
-pub use crate::rpc::params::{RestartParams, StartParams};
+pub use crate::protocol::params::{RestartParams, StartParams};
 pub use crate::spawn::GroupUsage;
 pub use crate::supervisor::events::{EventKind, StateEvent};
 pub use crate::supervisor::logs::LogLine;

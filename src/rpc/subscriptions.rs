@@ -9,8 +9,8 @@ use jsonrpsee_types::ErrorObject;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
-use super::codes;
-use super::transport::Connection;
+use super::connection::Connection;
+use crate::protocol::codes;
 
 /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":ID,"result":R}}`.
 pub fn notification(method: &str, sub_id: u64, result: &RawValue) -> Box<RawValue> {
