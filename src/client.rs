@@ -37,6 +37,8 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,14 +54,23 @@ use jsonrpsee::core::client::{
     TransportSenderT,
 };
 use jsonrpsee::core::traits::ToRpcParams;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
-pub use crate::rpc::params::{RestartParams, StartParams};
+use crate::protocol::names;
+use crate::protocol::params::{
+    IdParams, LogsParams, NoParams, RelayParams, RespondParams, StopParams, SubscribeParams,
+};
+pub use crate::protocol::params::{RestartParams, StartParams};
+pub use crate::protocol::results::{
+    DeliveredResult, HostList, InfoResult, LogsResult, ReloadResult, RemovedResult, SentResult,
+    ShutdownResult,
+};
 pub use crate::spawn::GroupUsage;
 pub use crate::supervisor::events::{EventKind, StateEvent};
 pub use crate::supervisor::logs::LogLine;
@@ -215,7 +226,8 @@ const JSONRPSEE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The daemon's documented defaults for the waits a call may ask for.
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_REQUEST_TIMEOUT: Duration =
+    Duration::from_millis(crate::protocol::params::REQUEST_TIMEOUT_DEFAULT_MS);
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long `method` asks the daemon to work before it replies, from its
@@ -230,11 +242,11 @@ pub fn expected_work(method: &str, params: &Value) -> Duration {
             .unwrap_or(default)
     };
     match method {
-        "host.stop" => ms("timeoutMs", DEFAULT_STOP_TIMEOUT),
-        "host.restart" => DEFAULT_STOP_TIMEOUT,
-        "host.request" => ms("timeoutMs", DEFAULT_REQUEST_TIMEOUT),
-        "host.send" => DEFAULT_REQUEST_TIMEOUT,
-        "host.start" if params.get("waitReady") == Some(&Value::Bool(true)) => {
+        names::HOST_STOP => ms("timeoutMs", DEFAULT_STOP_TIMEOUT),
+        names::HOST_RESTART => DEFAULT_STOP_TIMEOUT,
+        names::HOST_REQUEST => ms("timeoutMs", DEFAULT_REQUEST_TIMEOUT),
+        names::HOST_SEND => DEFAULT_REQUEST_TIMEOUT,
+        names::HOST_START if params.get("waitReady") == Some(&Value::Bool(true)) => {
             ms("readyTimeoutMs", DEFAULT_READY_TIMEOUT)
         }
         _ => Duration::ZERO,
@@ -409,16 +421,18 @@ impl Client {
 
     async fn subscribe_to<T: DeserializeOwned>(
         &self,
-        method: &str,
-        params: Value,
+        method: &'static str,
+        params: &impl Serialize,
     ) -> Result<Events<T>, ClientError> {
+        let params =
+            serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let after = self.deadline(method, &params);
         let inner = self
             .within(
                 method,
                 after,
                 self.inner
-                    .subscribe(method, Named(params), "host.unsubscribe"),
+                    .subscribe(method, Named(params), names::HOST_UNSUBSCRIBE),
             )
             .await?;
         Ok(Events {
@@ -447,83 +461,137 @@ impl Client {
             .await
     }
 
-    pub async fn info(&self) -> Result<Value, ClientError> {
-        self.call("daemon.info", json!({})).await
-    }
-
-    pub async fn shutdown(&self) -> Result<(), ClientError> {
-        self.call::<Value>("daemon.shutdown", json!({}))
-            .await
-            .map(drop)
-    }
-
-    pub async fn reload(&self) -> Result<Value, ClientError> {
-        self.call("daemon.reload", json!({})).await
-    }
-
-    pub async fn start(&self, params: StartParams) -> Result<HostStatus, ClientError> {
-        let p = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.call("host.start", p).await
-    }
-
-    pub async fn stop(
+    /// A typed call of `method`.
+    fn typed<T, W: DeserializeOwned>(
         &self,
-        extension_id: &str,
-        timeout: Option<Duration>,
-    ) -> Result<HostStatus, ClientError> {
-        let mut p = json!({ "extensionId": extension_id });
-        if let Some(t) = timeout {
-            p["timeoutMs"] = json!(crate::time::millis(t));
+        method: &'static str,
+        params: &impl Serialize,
+        map: fn(W) -> T,
+    ) -> Call<'_, T, W> {
+        Call {
+            client: self,
+            method,
+            params: serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string())),
+            map,
+            _wire: PhantomData,
         }
-        self.call("host.stop", p).await
     }
 
-    pub async fn restart(&self, extension_id: &str) -> Result<HostStatus, ClientError> {
-        self.call("host.restart", json!({ "extensionId": extension_id }))
-            .await
+    /// `daemon.info`: version, pid, uptime, host counts, sandbox support.
+    pub fn info(&self) -> Call<'_, InfoResult> {
+        self.typed(names::DAEMON_INFO, &NoParams {}, identity)
     }
 
-    pub async fn status(&self, extension_id: &str) -> Result<HostStatus, ClientError> {
-        self.call("host.status", json!({ "extensionId": extension_id }))
-            .await
+    /// `daemon.shutdown`: stop every host and the daemon.
+    pub fn shutdown(&self) -> Call<'_, (), ShutdownResult> {
+        self.typed(names::DAEMON_SHUTDOWN, &NoParams {}, drop)
+    }
+
+    /// `daemon.reload`: re-read the config file.
+    pub fn reload(&self) -> Call<'_, ReloadResult> {
+        self.typed(names::DAEMON_RELOAD, &NoParams {}, identity)
+    }
+
+    pub fn start(&self, params: StartParams) -> Call<'_, HostStatus> {
+        self.typed(names::HOST_START, &params, identity)
+    }
+
+    pub fn stop(&self, extension_id: &str, timeout: Option<Duration>) -> Call<'_, HostStatus> {
+        let p = StopParams {
+            extension_id: extension_id.to_string(),
+            timeout_ms: timeout.map(crate::time::millis),
+        };
+        self.typed(names::HOST_STOP, &p, identity)
+    }
+
+    pub fn restart(&self, extension_id: &str) -> Call<'_, HostStatus> {
+        self.typed(names::HOST_RESTART, &id_params(extension_id), identity)
+    }
+
+    pub fn status(&self, extension_id: &str) -> Call<'_, HostStatus> {
+        self.typed(names::HOST_STATUS, &id_params(extension_id), identity)
     }
 
     /// What a host's processes use now (count, resident memory, CPU time).
-    pub async fn usage(&self, extension_id: &str) -> Result<HostUsage, ClientError> {
-        self.call("host.usage", json!({ "extensionId": extension_id }))
-            .await
+    pub fn usage(&self, extension_id: &str) -> Call<'_, HostUsage> {
+        self.typed(names::HOST_USAGE, &id_params(extension_id), identity)
     }
 
-    pub async fn list(&self) -> Result<Vec<HostStatus>, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct List {
-            hosts: Vec<HostStatus>,
-        }
-        Ok(self.call::<List>("host.list", json!({})).await?.hosts)
+    pub fn list(&self) -> Call<'_, Vec<HostStatus>, HostList<HostStatus>> {
+        self.typed(names::HOST_LIST, &NoParams {}, |l: HostList<HostStatus>| {
+            l.hosts
+        })
     }
 
-    pub async fn remove(&self, extension_id: &str) -> Result<(), ClientError> {
-        self.call::<Value>("host.remove", json!({ "extensionId": extension_id }))
-            .await
-            .map(drop)
+    pub fn remove(&self, extension_id: &str) -> Call<'_, (), RemovedResult> {
+        self.typed(names::HOST_REMOVE, &id_params(extension_id), drop)
     }
 
-    pub async fn logs(
+    pub fn logs(
         &self,
         extension_id: &str,
         lines: usize,
-    ) -> Result<Vec<LogLine>, ClientError> {
-        #[derive(serde::Deserialize)]
-        struct Logs {
-            lines: Vec<LogLine>,
-        }
-        let r: Logs = self
-            .call(
-                "host.logs",
-                json!({ "extensionId": extension_id, "lines": lines }),
-            )
-            .await?;
-        Ok(r.lines)
+    ) -> Call<'_, Vec<LogLine>, LogsResult<LogLine>> {
+        let p = LogsParams {
+            extension_id: extension_id.to_string(),
+            lines: Some(lines),
+        };
+        self.typed(names::HOST_LOGS, &p, |l: LogsResult<LogLine>| l.lines)
+    }
+
+    /// `host.request`: relay a request of type `kind` to the host and return
+    /// its reply's payload; waits `timeout` (else 30 s) for it.
+    pub fn request(
+        &self,
+        extension_id: &str,
+        kind: &str,
+        payload: Option<Box<RawValue>>,
+        timeout: Option<Duration>,
+    ) -> Call<'_, Value> {
+        let p = RelayParams {
+            extension_id: extension_id.to_string(),
+            kind: kind.to_string(),
+            payload,
+            timeout_ms: timeout.map(crate::time::millis),
+        };
+        self.typed(names::HOST_REQUEST, &p, identity)
+    }
+
+    /// `host.send`: relay a message of type `kind` that expects no reply.
+    pub fn send(
+        &self,
+        extension_id: &str,
+        kind: &str,
+        payload: Option<Box<RawValue>>,
+    ) -> Call<'_, (), SentResult> {
+        let p = RelayParams {
+            extension_id: extension_id.to_string(),
+            kind: kind.to_string(),
+            payload,
+            timeout_ms: None,
+        };
+        self.typed(names::HOST_SEND, &p, drop)
+    }
+
+    /// `host.respond`: answer the host request `id` (from a
+    /// [`Client::subscribe_messages`] item) with a payload or an error.
+    pub fn respond(
+        &self,
+        extension_id: &str,
+        id: Box<RawValue>,
+        answer: Result<Box<RawValue>, String>,
+    ) -> Call<'_, (), DeliveredResult> {
+        let (payload, error) = match answer {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e)),
+        };
+        let p = RespondParams {
+            extension_id: extension_id.to_string(),
+            id,
+            payload,
+            error,
+        };
+        self.typed(names::HOST_RESPOND, &p, drop)
     }
 
     /// State events: a snapshot of each matching host, then every change.
@@ -531,11 +599,8 @@ impl Client {
         &self,
         extension_ids: Option<Vec<String>>,
     ) -> Result<Events<StateEvent>, ClientError> {
-        let p = match extension_ids {
-            Some(ids) => json!({ "extensionIds": ids }),
-            None => json!({}),
-        };
-        self.subscribe_to("host.subscribe", p).await
+        self.subscribe_to(names::HOST_SUBSCRIBE, &SubscribeParams { extension_ids })
+            .await
     }
 
     /// Output lines of one host: the newest `tail`, then every new one. Each
@@ -546,11 +611,71 @@ impl Client {
         extension_id: &str,
         tail: usize,
     ) -> Result<Events<Value>, ClientError> {
+        let p = LogsParams {
+            extension_id: extension_id.to_string(),
+            lines: Some(tail),
+        };
+        self.subscribe_to(names::HOST_SUBSCRIBE_LOGS, &p).await
+    }
+
+    /// Host-originated requests (of every host, or the ones named) as
+    /// `host.message` items, to be answered with [`Client::respond`]; the
+    /// first subscriber also gets the requests that waited for one.
+    pub async fn subscribe_messages(
+        &self,
+        extension_ids: Option<Vec<String>>,
+    ) -> Result<Events<Value>, ClientError> {
         self.subscribe_to(
-            "host.subscribeLogs",
-            json!({ "extensionId": extension_id, "lines": tail }),
+            names::HOST_SUBSCRIBE_MESSAGES,
+            &SubscribeParams { extension_ids },
         )
         .await
+    }
+}
+
+fn identity<T>(t: T) -> T {
+    t
+}
+
+fn id_params(extension_id: &str) -> IdParams {
+    IdParams {
+        extension_id: extension_id.to_string(),
+    }
+}
+
+/// One call of a typed [`Client`] method: `.await` it for the typed result
+/// (`T`, read from the wire shape `W`), or [`Call::json`] for the reply as
+/// the daemon sent it, every field kept (`dscode-hostctl --json`).
+#[must_use = "a call does nothing until awaited"]
+pub struct Call<'a, T, W = T> {
+    client: &'a Client,
+    method: &'static str,
+    params: Result<Value, ClientError>,
+    map: fn(W) -> T,
+    _wire: PhantomData<fn() -> W>,
+}
+
+impl<T, W> Call<'_, T, W> {
+    /// The method this call names.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// The result as JSON, as the daemon sent it.
+    pub async fn json(self) -> Result<Value, ClientError> {
+        self.client.call(self.method, self.params?).await
+    }
+}
+
+impl<'a, T: 'a, W: DeserializeOwned + 'a> IntoFuture for Call<'a, T, W> {
+    type Output = Result<T, ClientError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T, ClientError>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let wire: W = self.client.call(self.method, self.params?).await?;
+            Ok((self.map)(wire))
+        })
     }
 }
 
@@ -633,34 +758,35 @@ async fn connect_stream(socket: &Path) -> Result<LocalStream, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn calls_wait_for_the_work_they_ask_for() {
         let s = Duration::from_secs;
-        assert_eq!(expected_work("host.list", &json!({})), Duration::ZERO);
+        assert_eq!(expected_work(names::HOST_LIST, &json!({})), Duration::ZERO);
         assert_eq!(
-            expected_work("host.stop", &json!({"extensionId": "a"})),
+            expected_work(names::HOST_STOP, &json!({"extensionId": "a"})),
             s(5)
         );
         assert_eq!(
-            expected_work("host.stop", &json!({"timeoutMs": 20_000})),
+            expected_work(names::HOST_STOP, &json!({"timeoutMs": 20_000})),
             s(20)
         );
-        assert_eq!(expected_work("host.restart", &json!({})), s(5));
-        assert_eq!(expected_work("host.request", &json!({})), s(30));
+        assert_eq!(expected_work(names::HOST_RESTART, &json!({})), s(5));
+        assert_eq!(expected_work(names::HOST_REQUEST, &json!({})), s(30));
         assert_eq!(
-            expected_work("host.request", &json!({"timeoutMs": 100})),
+            expected_work(names::HOST_REQUEST, &json!({"timeoutMs": 100})),
             Duration::from_millis(100)
         );
-        assert_eq!(expected_work("host.send", &json!({})), s(30));
-        assert_eq!(expected_work("host.start", &json!({})), Duration::ZERO);
+        assert_eq!(expected_work(names::HOST_SEND, &json!({})), s(30));
+        assert_eq!(expected_work(names::HOST_START, &json!({})), Duration::ZERO);
         assert_eq!(
-            expected_work("host.start", &json!({"waitReady": true})),
+            expected_work(names::HOST_START, &json!({"waitReady": true})),
             s(60)
         );
         assert_eq!(
             expected_work(
-                "host.start",
+                names::HOST_START,
                 &json!({"waitReady": true, "readyTimeoutMs": 1000})
             ),
             s(1)
@@ -680,7 +806,7 @@ mod tests {
         assert!(ClientError::ReplyTooLong { limit: 1 }.is_connection());
         assert!(
             ClientError::Timeout {
-                method: "host.list".into(),
+                method: names::HOST_LIST.into(),
                 after: Duration::from_secs(1)
             }
             .is_connection()

@@ -3,7 +3,9 @@
 //! Layers, each depending only on the ones below it:
 //!
 //! - [`daemon`]: the composition root the binary runs (socket, lock, signals);
+//! - [`client`]: the typed client (used by `dscode-hostctl`);
 //! - [`rpc`]: JSON-RPC 2.0, one message per line, over a local socket;
+//! - [`protocol`]: the wire shapes `rpc` and `client` share (serde only);
 //! - [`supervisor`]: one actor per host, the event bus;
 //! - [`state`], [`spawn`], [`lines`]: the pure state machine, process control,
 //!   bounded line framing.
@@ -20,6 +22,7 @@ pub mod inotify;
 pub mod ipc;
 pub mod lines;
 pub mod paths;
+pub mod protocol;
 pub mod rpc;
 #[cfg(target_os = "linux")]
 pub mod sandbox;

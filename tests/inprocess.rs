@@ -167,8 +167,8 @@ async fn protocol_errors_batches_and_info_in_process() {
             .await
             .unwrap();
         let info = typed.info().await.unwrap();
-        assert_eq!(info["pid"], std::process::id());
-        assert_eq!(info["socket"], d.socket.display().to_string());
+        assert_eq!(info.pid, std::process::id());
+        assert_eq!(info.socket, d.socket.display().to_string());
         drop(typed);
 
         d.shut_down().await;

@@ -20,7 +20,7 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let dispatcher = rt.block_on(async { Dispatcher::for_fuzzing() });
+        let dispatcher = rt.block_on(async { dscode_hostd::rpc::fuzzing::dispatcher() });
         World { rt, dispatcher }
     })
 }

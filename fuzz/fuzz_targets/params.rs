@@ -5,10 +5,11 @@
 
 use std::sync::OnceLock;
 
-use dscode_hostd::rpc::params::{
-    self, IdParams, LogsParams, RelayParams, RespondParams, StartParams, StopParams,
-    SubscribeParams,
+use dscode_hostd::protocol::names;
+use dscode_hostd::protocol::params::{
+    IdParams, LogsParams, RelayParams, RespondParams, StartParams, StopParams, SubscribeParams,
 };
+use dscode_hostd::rpc::params;
 use dscode_hostd::rpc::transport::Dispatcher;
 use jsonrpsee_types::Params;
 use libfuzzer_sys::fuzz_target;
@@ -22,21 +23,21 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let dispatcher = rt.block_on(async { Dispatcher::for_fuzzing() });
+        let dispatcher = rt.block_on(async { dscode_hostd::rpc::fuzzing::dispatcher() });
         World { rt, dispatcher }
     })
 }
 
 const METHODS: &[&str] = &[
-    "host.start",
-    "host.stop",
-    "host.request",
-    "host.send",
-    "host.respond",
-    "host.logs",
-    "host.status",
-    "host.usage",
-    "host.remove",
+    names::HOST_START,
+    names::HOST_STOP,
+    names::HOST_REQUEST,
+    names::HOST_SEND,
+    names::HOST_RESPOND,
+    names::HOST_LOGS,
+    names::HOST_STATUS,
+    names::HOST_USAGE,
+    names::HOST_REMOVE,
 ];
 
 fuzz_target!(|data: &[u8]| {

@@ -222,7 +222,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let client = Client::connect_with(&socket, options).await?;
     match args.command {
         Cmd::Info => {
-            let info: Value = client.info().await?;
+            let info = client.info().json().await?;
             if json_out {
                 outln!("{info}")?;
             } else {
@@ -230,7 +230,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             }
         }
         Cmd::List | Cmd::Status { extension_id: None } => {
-            let v: Value = client.call("host.list", json!({})).await?;
+            let v = client.list().json().await?;
             if json_out {
                 outln!("{v}")?;
             } else {
@@ -242,9 +242,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Cmd::Status {
             extension_id: Some(id),
         } => {
-            let v: Value = client
-                .call("host.status", json!({ "extensionId": id }))
-                .await?;
+            let v = client.status(&id).json().await?;
             if json_out {
                 outln!("{v}")?;
             } else {
@@ -276,32 +274,23 @@ async fn run(args: Args) -> Result<(), Failure> {
                 cpu_max_percent,
                 ..Default::default()
             };
-            let params = serde_json::to_value(params)
-                .context("encoding the start params")
-                .map_err(Failure::Other)?;
-            let v: Value = client.call("host.start", params).await?;
+            let v = client.start(params).json().await?;
             print_host(&v, json_out)?;
         }
         Cmd::Stop {
             extension_id,
             timeout,
         } => {
-            let mut p = json!({ "extensionId": extension_id });
-            if let Some(t) = timeout {
-                p["timeoutMs"] = json!(t);
-            }
-            print_host(&client.call("host.stop", p).await?, json_out)?;
+            let timeout = timeout.map(Duration::from_millis);
+            let v = client.stop(&extension_id, timeout).json().await?;
+            print_host(&v, json_out)?;
         }
         Cmd::Restart { extension_id } => {
-            let v = client
-                .call("host.restart", json!({ "extensionId": extension_id }))
-                .await?;
+            let v = client.restart(&extension_id).json().await?;
             print_host(&v, json_out)?;
         }
         Cmd::Remove { extension_id } => {
-            let v: Value = client
-                .call("host.remove", json!({ "extensionId": extension_id }))
-                .await?;
+            let v = client.remove(&extension_id).json().await?;
             if json_out {
                 outln!("{v}")?;
             } else {
@@ -325,12 +314,7 @@ async fn run(args: Args) -> Result<(), Failure> {
                 return stream_until(interrupted, stream, |line| print_log_line(&line, style))
                     .await;
             }
-            let v: Value = client
-                .call(
-                    "host.logs",
-                    json!({ "extensionId": extension_id, "lines": lines }),
-                )
-                .await?;
+            let v = client.logs(&extension_id, lines).json().await?;
             if json_out {
                 outln!("{v}")?;
             } else {
@@ -346,15 +330,15 @@ async fn run(args: Args) -> Result<(), Failure> {
             return stream_until(interrupted, events, |e| print_event(&e, json_out)).await;
         }
         Cmd::Shutdown => {
-            client.shutdown().await?;
+            let v = client.shutdown().json().await?;
             if json_out {
-                outln!("{}", json!({"ok": true}))?;
+                outln!("{v}")?;
             } else {
                 outln!("dscode-hostd is shutting down")?;
             }
         }
         Cmd::Reload => {
-            let v = client.reload().await?;
+            let v = client.reload().json().await?;
             if json_out {
                 outln!("{v}")?;
             } else {

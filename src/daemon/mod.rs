@@ -258,7 +258,7 @@ pub async fn run(
                 Control::Reload(reply) => {
                     let _ = reply.send(reload(&mut settings, &supervisor, &state).await);
                 }
-                Control::Shutdown => break "daemon.shutdown",
+                Control::Shutdown => break crate::protocol::names::DAEMON_SHUTDOWN,
             },
             else => break "nothing can ask for a shutdown any more",
         }

@@ -11,30 +11,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jsonrpsee::{ResponsePayload, RpcModule};
 use jsonrpsee_types::{ErrorObject, ErrorObjectOwned};
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codes;
-use super::params::{self, invalid_params};
+use super::connection::{Access, CallId, Connection, MethodTable};
+use super::params::{invalid_params, parse};
 use super::subscriptions;
-use super::transport::Connection;
+use crate::protocol::names;
+use crate::protocol::results::{
+    DeliveredResult, HostList, InfoResult, Lagged, LogEvent, LogsResult, PROTOCOL_VERSION, Partial,
+    ReloadResult, RemovedResult, SentResult, ShutdownResult,
+};
+use crate::protocol::{codes, params};
 use crate::supervisor::events::{BusEvent, StateEvent, filter_matches};
 use crate::supervisor::logs::LogLine;
 use crate::supervisor::messages::HubMessage;
+use crate::supervisor::records::Recovered;
 use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
-
-/// The subscription methods and their notification.
-pub const SUBSCRIBE: &str = "host.subscribe";
-pub const UNSUBSCRIBE: &str = "host.unsubscribe";
-pub const STATE_CHANGED: &str = "host.stateChanged";
-pub const SUBSCRIBE_LOGS: &str = "host.subscribeLogs";
-pub const SUBSCRIBE_MESSAGES: &str = "host.subscribeMessages";
-pub const MESSAGE: &str = "host.message";
-pub const LOG: &str = "host.log";
-/// A relayed request and the notification of its `-partial` replies.
-pub const REQUEST: &str = "host.request";
-pub const PARTIAL: &str = "host.partial";
 
 /// Facts about this daemon for `daemon.info`.
 #[derive(Debug, Clone)]
@@ -47,13 +40,7 @@ pub struct DaemonInfo {
     pub recovered: Vec<crate::supervisor::records::Recovered>,
 }
 
-/// A host of the config a reload could not apply.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HostFailure {
-    pub extension_id: String,
-    pub error: String,
-}
+pub use crate::protocol::HostFailure;
 
 /// What a reload did not (yet) apply.
 #[derive(Debug, Clone, Default)]
@@ -65,17 +52,13 @@ pub struct ReloadReport {
     pub deferred: Vec<String>,
 }
 
-impl ReloadReport {
-    /// `{"ok": true}`, with `failed` and `deferred` when not empty.
-    fn to_json(&self) -> serde_json::Value {
-        let mut v = json!({ "ok": true });
-        if !self.failed.is_empty() {
-            v["failed"] = json!(self.failed);
+impl From<ReloadReport> for ReloadResult {
+    fn from(r: ReloadReport) -> Self {
+        ReloadResult {
+            deferred: r.deferred,
+            failed: r.failed,
+            ok: true,
         }
-        if !self.deferred.is_empty() {
-            v["deferred"] = json!(self.deferred);
-        }
-        v
     }
 }
 
@@ -199,33 +182,6 @@ impl From<SupervisorError> for ErrorObjectOwned {
 
 type RpcResult<T> = Result<T, ErrorObjectOwned>;
 
-#[derive(Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Info {
-    version: &'static str,
-    protocol_version: u32,
-    pid: u32,
-    started_at: String,
-    uptime_ms: u64,
-    socket: String,
-    hosts: usize,
-    hosts_by_state: BTreeMap<&'static str, usize>,
-    config_path: Option<String>,
-    last_reload_error: Option<String>,
-    sandbox: Option<serde_json::Value>,
-    recovered: Vec<crate::supervisor::records::Recovered>,
-}
-
-#[derive(Clone, Serialize)]
-struct HostList {
-    hosts: Vec<crate::supervisor::HostStatus>,
-}
-
-#[derive(Clone, Serialize)]
-struct Logs {
-    lines: Vec<crate::supervisor::logs::LogLine>,
-}
-
 /// `-32602` for a duration past a day (see `supervisor::MAX_SETTING_MS`).
 fn bounded_ms(field: &str, v: Option<u64>) -> Result<(), ErrorObjectOwned> {
     match v {
@@ -284,60 +240,63 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .expect("proto-docs/openrpc.json is valid JSON"),
     )
     .expect("JSON re-encodes");
-    m.register_method("rpc.discover", move |p, _, _| -> RpcResult<_> {
-        params::parse::<params::NoParams>(&p)?;
+    m.register_method(names::RPC_DISCOVER, move |p, _, _| -> RpcResult<_> {
+        parse::<params::NoParams>(&p)?;
         Ok(openrpc.clone())
     })
     .expect("unique method name");
-    m.register_method("daemon.info", |p, ctx, _| -> RpcResult<Info> {
-        params::parse::<params::NoParams>(&p)?;
-        let hosts = ctx.supervisor.list();
-        let mut by_state = BTreeMap::new();
-        for h in &hosts {
-            *by_state.entry(h.state.as_str()).or_insert(0) += 1;
-        }
-        Ok(Info {
-            version: env!("CARGO_PKG_VERSION"),
-            protocol_version: 1,
-            pid: ctx.info.pid,
-            started_at: crate::time::rfc3339(ctx.info.started_at),
-            uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
-            socket: ctx.info.socket.display().to_string(),
-            hosts: hosts.len(),
-            hosts_by_state: by_state,
-            config_path: ctx
-                .state
-                .config_path
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            last_reload_error: ctx
-                .state
-                .last_reload_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            sandbox: ctx.state.sandbox.clone(),
-            recovered: ctx.info.recovered.clone(),
-        })
-    })
+    m.register_method(
+        names::DAEMON_INFO,
+        |p, ctx, _| -> RpcResult<InfoResult<Recovered>> {
+            parse::<params::NoParams>(&p)?;
+            let hosts = ctx.supervisor.list();
+            let mut by_state = BTreeMap::new();
+            for h in &hosts {
+                *by_state.entry(h.state.as_str().to_string()).or_insert(0) += 1;
+            }
+            Ok(InfoResult {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol_version: PROTOCOL_VERSION,
+                pid: ctx.info.pid,
+                started_at: crate::time::rfc3339(ctx.info.started_at),
+                uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
+                socket: ctx.info.socket.display().to_string(),
+                hosts: hosts.len(),
+                hosts_by_state: by_state,
+                config_path: ctx
+                    .state
+                    .config_path
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                last_reload_error: ctx
+                    .state
+                    .last_reload_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                sandbox: ctx.state.sandbox.clone(),
+                recovered: ctx.info.recovered.clone(),
+            })
+        },
+    )
     .expect("unique method name");
-    m.register_method("daemon.shutdown", |p, ctx, _| -> RpcResult<_> {
-        params::parse::<params::NoParams>(&p)?;
+    m.register_method(names::DAEMON_SHUTDOWN, |p, ctx, _| -> RpcResult<_> {
+        parse::<params::NoParams>(&p)?;
         ctx.control
             .try_send(Control::Shutdown)
             .map_err(|_| ErrorObjectOwned::from(SupervisorError::ShuttingDown))?;
-        Ok(json!({ "ok": true }))
+        Ok(ShutdownResult { ok: true })
     })
     .expect("unique method name");
-    m.register_async_method("daemon.reload", |p, ctx, _| async move {
-        params::parse::<params::NoParams>(&p)?;
+    m.register_async_method(names::DAEMON_RELOAD, |p, ctx, _| async move {
+        parse::<params::NoParams>(&p)?;
         let (tx, rx) = oneshot::channel();
         ctx.control
             .send(Control::Reload(tx))
             .await
             .map_err(|_| ErrorObjectOwned::from(SupervisorError::ShuttingDown))?;
         match rx.await {
-            Ok(Ok(report)) => RpcResult::Ok(report.to_json()),
+            Ok(Ok(report)) => RpcResult::Ok(ReloadResult::from(report)),
             Ok(Err(e)) => Err(ErrorObject::owned(
                 codes::RELOAD_FAILED,
                 format!("config reload failed, previous config kept: {e}"),
@@ -347,8 +306,8 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         }
     })
     .expect("unique method name");
-    m.register_async_method("host.start", |p, ctx, _| async move {
-        let p: params::StartParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_START, |p, ctx, _| async move {
+        let p: params::StartParams = parse(&p)?;
         let wait = p.wait_ready;
         ctx.supervisor
             .start_and_wait(start_request(p), wait)
@@ -356,8 +315,8 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
-    m.register_async_method(REQUEST, |p, ctx, ext| async move {
-        let p: params::RelayParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_REQUEST, |p, ctx, ext| async move {
+        let p: params::RelayParams = parse(&p)?;
         bounded_ms("timeoutMs", p.timeout_ms)?;
         let timeout =
             Duration::from_millis(p.timeout_ms.unwrap_or(params::REQUEST_TIMEOUT_DEFAULT_MS));
@@ -369,23 +328,23 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
-    m.register_async_method("host.send", |p, ctx, _| async move {
-        let p: params::RelayParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_SEND, |p, ctx, _| async move {
+        let p: params::RelayParams = parse(&p)?;
         if p.timeout_ms.is_some() {
             return Err(invalid_params(
                 "timeoutMs",
-                "host.send does not wait for a reply",
+                &format!("{} does not wait for a reply", names::HOST_SEND),
             ));
         }
         let payload = p.payload.unwrap_or_else(empty_object);
         ctx.supervisor
             .send(&p.extension_id, &p.kind, payload)
             .await?;
-        RpcResult::Ok(json!({ "sent": true }))
+        RpcResult::Ok(SentResult { sent: true })
     })
     .expect("unique method name");
-    m.register_async_method("host.respond", |p, ctx, _| async move {
-        let p: params::RespondParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_RESPOND, |p, ctx, _| async move {
+        let p: params::RespondParams = parse(&p)?;
         let result = match (p.payload, p.error) {
             (Some(payload), None) => Ok(payload),
             (None, Some(e)) => Err(e),
@@ -399,13 +358,13 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         ctx.supervisor
             .respond(&p.extension_id, &p.id, result)
             .await?;
-        RpcResult::Ok(json!({ "delivered": true }))
+        RpcResult::Ok(DeliveredResult { delivered: true })
     })
     .expect("unique method name");
-    m.register_async_method(SUBSCRIBE_MESSAGES, subscribe_messages)
+    m.register_async_method(names::HOST_SUBSCRIBE_MESSAGES, subscribe_messages)
         .expect("unique method name");
-    m.register_async_method("host.stop", |p, ctx, _| async move {
-        let p: params::StopParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_STOP, |p, ctx, _| async move {
+        let p: params::StopParams = parse(&p)?;
         bounded_ms("timeoutMs", p.timeout_ms)?;
         ctx.supervisor
             .stop(&p.extension_id, ms(p.timeout_ms))
@@ -413,39 +372,39 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
-    m.register_async_method("host.restart", |p, ctx, _| async move {
-        let p: params::IdParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_RESTART, |p, ctx, _| async move {
+        let p: params::IdParams = parse(&p)?;
         ctx.supervisor
             .restart(&p.extension_id)
             .await
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
-    m.register_method("host.status", |p, ctx, _| -> RpcResult<_> {
-        let p: params::IdParams = params::parse(&p)?;
+    m.register_method(names::HOST_STATUS, |p, ctx, _| -> RpcResult<_> {
+        let p: params::IdParams = parse(&p)?;
         Ok(ctx.supervisor.status(&p.extension_id)?)
     })
     .expect("unique method name");
-    m.register_async_method("host.usage", |p, ctx, _| async move {
-        let p: params::IdParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_USAGE, |p, ctx, _| async move {
+        let p: params::IdParams = parse(&p)?;
         RpcResult::Ok(ctx.supervisor.usage(&p.extension_id).await?)
     })
     .expect("unique method name");
-    m.register_method("host.list", |p, ctx, _| -> RpcResult<_> {
-        params::parse::<params::NoParams>(&p)?;
+    m.register_method(names::HOST_LIST, |p, ctx, _| -> RpcResult<_> {
+        parse::<params::NoParams>(&p)?;
         Ok(HostList {
             hosts: ctx.supervisor.list(),
         })
     })
     .expect("unique method name");
-    m.register_async_method("host.remove", |p, ctx, _| async move {
-        let p: params::IdParams = params::parse(&p)?;
+    m.register_async_method(names::HOST_REMOVE, |p, ctx, _| async move {
+        let p: params::IdParams = parse(&p)?;
         ctx.supervisor.remove(&p.extension_id).await?;
-        RpcResult::Ok(json!({ "removed": true }))
+        RpcResult::Ok(RemovedResult { removed: true })
     })
     .expect("unique method name");
-    m.register_method("host.logs", |p, ctx, _| -> RpcResult<_> {
-        let p: params::LogsParams = params::parse(&p)?;
+    m.register_method(names::HOST_LOGS, |p, ctx, _| -> RpcResult<_> {
+        let p: params::LogsParams = parse(&p)?;
         let n = p.lines.unwrap_or(params::LOG_LINES_DEFAULT);
         if n > params::LOG_LINES_MAX {
             return Err(invalid_params(
@@ -453,18 +412,39 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
                 &format!("must be at most {}", params::LOG_LINES_MAX),
             ));
         }
-        Ok(Logs {
+        Ok(LogsResult {
             lines: ctx.supervisor.logs(&p.extension_id, n)?,
         })
     })
     .expect("unique method name");
-    m.register_async_method(SUBSCRIBE, subscribe)
+    m.register_async_method(names::HOST_SUBSCRIBE, subscribe)
         .expect("unique method name");
-    m.register_async_method(SUBSCRIBE_LOGS, subscribe_logs)
+    m.register_async_method(names::HOST_SUBSCRIBE_LOGS, subscribe_logs)
         .expect("unique method name");
-    m.register_method(UNSUBSCRIBE, |p, _, ext| unsubscribe(p, ext))
+    m.register_method(names::HOST_UNSUBSCRIBE, |p, _, ext| unsubscribe(p, ext))
         .expect("unique method name");
     m
+}
+
+/// What each method takes from its connection; every other one takes
+/// nothing.
+///
+/// `host.subscribeMessages` gets the connection but is not an
+/// [`Access::Subscribe`]: as before this table existed, it is allowed in a
+/// batch and runs as a notification.
+pub const ACCESS: [(&str, Access); 5] = [
+    (names::HOST_SUBSCRIBE, Access::Subscribe),
+    (names::HOST_SUBSCRIBE_LOGS, Access::Subscribe),
+    (names::HOST_SUBSCRIBE_MESSAGES, Access::Connection),
+    (names::HOST_UNSUBSCRIBE, Access::Connection),
+    // For `host.partial` notifications about this call.
+    (names::HOST_REQUEST, Access::ConnectionAndCallId),
+];
+
+impl From<RpcModule<RpcContext>> for MethodTable {
+    fn from(module: RpcModule<RpcContext>) -> Self {
+        MethodTable::new(module, ACCESS)
+    }
 }
 
 /// `host.subscribe`: a snapshot of the matching hosts, then every event, until
@@ -474,7 +454,7 @@ async fn subscribe(
     ctx: Arc<RpcContext>,
     ext: jsonrpsee::Extensions,
 ) -> ResponsePayload<'static, u64> {
-    let filter = match params::parse::<params::SubscribeParams>(&p) {
+    let filter = match parse::<params::SubscribeParams>(&p) {
         Ok(p) => p
             .extension_ids
             .map(|ids| ids.into_iter().collect::<HashSet<_>>()),
@@ -486,7 +466,7 @@ async fn subscribe(
     subscriptions::start(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
-            method: STATE_CHANGED,
+            method: names::HOST_STATE_CHANGED,
             initial: Box::new(sub.snapshot.into_iter().map(|s| subscriptions::to_raw(&s))),
             rx: sub.events,
             render: move |ev: &BusEvent| {
@@ -506,7 +486,7 @@ async fn subscribe_logs(
     ctx: Arc<RpcContext>,
     ext: jsonrpsee::Extensions,
 ) -> ResponsePayload<'static, u64> {
-    let p: params::LogsParams = match params::parse(&p) {
+    let p: params::LogsParams = match parse(&p) {
         Ok(p) => p,
         Err(e) => return ResponsePayload::error(e),
     };
@@ -523,14 +503,14 @@ async fn subscribe_logs(
     subscriptions::start(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
-            method: LOG,
+            method: names::HOST_LOG,
             initial: Box::new({
                 let render = render.clone();
                 tail.into_iter().filter_map(move |l| render(&l))
             }),
             rx,
             render,
-            lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
+            lagged: move |missed| subscriptions::to_raw(&LogEvent::<LogLine>::lagged(&id, missed)),
         },
     )
 }
@@ -542,7 +522,7 @@ async fn subscribe_messages(
     ctx: Arc<RpcContext>,
     ext: jsonrpsee::Extensions,
 ) -> ResponsePayload<'static, u64> {
-    let filter = match params::parse::<params::SubscribeParams>(&p) {
+    let filter = match parse::<params::SubscribeParams>(&p) {
         Ok(p) => crate::supervisor::messages::filter_of(p.extension_ids),
         Err(e) => return ResponsePayload::error(e),
     };
@@ -554,7 +534,7 @@ async fn subscribe_messages(
     subscriptions::start(
         ext.get::<Arc<Connection>>().cloned(),
         subscriptions::Feed {
-            method: MESSAGE,
+            method: names::HOST_MESSAGE,
             // Requests that waited for an editor: this one is the first.
             initial: Box::new(backlog.into_iter()),
             rx,
@@ -562,7 +542,7 @@ async fn subscribe_messages(
                 let _keep_attached = &attached;
                 filter_matches(&filter, &m.extension_id).then(|| m.json.clone())
             },
-            lagged: |missed| subscriptions::to_raw(&json!({ "lagged": missed })),
+            lagged: |missed| subscriptions::to_raw(&Lagged { lagged: missed }),
         },
     )
 }
@@ -576,23 +556,14 @@ fn partial_sink(
     kind: &str,
 ) -> Option<crate::ipc::PartialSink> {
     let conn = ext.get::<Arc<Connection>>()?.clone();
-    let call = ext.get::<super::transport::CallId>()?.0.clone();
+    let call = ext.get::<CallId>()?.0.clone();
     let request_id = serde_json::value::to_raw_value(&call).ok()?;
     let extension_id = extension_id.to_string();
     let kind = format!("{kind}-partial");
     Some(Box::new(move |payload| {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Partial<'a> {
-            request_id: &'a serde_json::value::RawValue,
-            extension_id: &'a str,
-            #[serde(rename = "type")]
-            kind: &'a str,
-            payload: &'a serde_json::value::RawValue,
-        }
         let note = subscriptions::to_raw(&json!({
             "jsonrpc": "2.0",
-            "method": PARTIAL,
+            "method": names::HOST_PARTIAL,
             "params": Partial {
                 request_id: &request_id,
                 extension_id: &extension_id,
@@ -606,34 +577,6 @@ fn partial_sink(
 
 fn empty_object() -> Box<serde_json::value::RawValue> {
     serde_json::value::RawValue::from_string("{}".into()).expect("JSON")
-}
-
-/// One `host.log` notification.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LogEvent<'a> {
-    extension_id: &'a str,
-    #[serde(flatten)]
-    line: Option<&'a LogLine>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lagged: Option<u64>,
-}
-
-impl<'a> LogEvent<'a> {
-    fn line(extension_id: &'a str, line: &'a LogLine) -> Self {
-        LogEvent {
-            extension_id,
-            line: Some(line),
-            lagged: None,
-        }
-    }
-    fn lagged(extension_id: &'a str, missed: u64) -> Self {
-        LogEvent {
-            extension_id,
-            line: None,
-            lagged: Some(missed),
-        }
-    }
 }
 
 /// `host.unsubscribe [id]`: whether the subscription was active.
@@ -691,6 +634,17 @@ mod tests {
             extra.is_empty(),
             "in openrpc.json but not registered: {extra:?}"
         );
+    }
+
+    #[test]
+    fn every_method_is_named_in_the_protocol() {
+        let named: BTreeSet<&str> = names::METHODS.iter().copied().collect();
+        let registered: BTreeSet<&str> = module().method_names().collect();
+        assert_eq!(named, registered);
+        assert_eq!(named.len(), names::METHODS.len(), "a name listed twice");
+        for (name, _) in ACCESS {
+            assert!(named.contains(name), "{name}");
+        }
     }
 
     #[test]

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
-use jsonrpsee::Methods;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use super::connection::MethodTable;
 use super::transport::{self, Limits};
 use crate::supervisor::peers::Verdict;
 
@@ -164,7 +164,7 @@ impl Refusals {
 /// open connections to flush and close.
 pub async fn run(
     listener: Listener,
-    methods: Methods,
+    methods: MethodTable,
     limits: ServerLimits,
     hosts: HostCheck,
     mut shutdown: watch::Receiver<bool>,

@@ -9,8 +9,8 @@ use jsonrpsee_types::ErrorObject;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
-use super::codes;
-use super::transport::Connection;
+use super::connection::Connection;
+use crate::protocol::codes;
 
 /// `{"jsonrpc":"2.0","method":M,"params":{"subscription":ID,"result":R}}`.
 pub fn notification(method: &str, sub_id: u64, result: &RawValue) -> Box<RawValue> {
@@ -113,9 +113,9 @@ mod tests {
     #[test]
     fn notification_shape() {
         let r = to_raw(&serde_json::json!({"a": 1}));
-        let n = notification("host.log", 7, &r);
+        let n = notification(crate::protocol::names::HOST_LOG, 7, &r);
         let v: serde_json::Value = serde_json::from_str(n.get()).unwrap();
-        assert_eq!(v["method"], "host.log");
+        assert_eq!(v["method"], crate::protocol::names::HOST_LOG);
         assert_eq!(v["params"]["subscription"], 7);
         assert_eq!(v["params"]["result"]["a"], 1);
         assert!(!n.get().contains('\n'));

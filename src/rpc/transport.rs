@@ -1,8 +1,9 @@
 //! JSON-RPC 2.0 over one connection: one compact message per line each way.
 //!
 //! jsonrpsee's own server speaks only HTTP and WebSocket, so this module is
-//! the line transport in front of its [`Methods`]: it frames, classifies and
-//! dispatches requests, answers malformed ones with the right error, and
+//! the line transport in front of its `Methods` (a [`MethodTable`]): it
+//! frames, classifies and dispatches requests, giving each call what its
+//! [`Access`] declares of the [`Connection`] (it knows no method names), answers malformed ones with the right error, and
 //! writes every reply and notification from one task per connection
 //! (inline when a call completes at once, else through one bounded queue).
 //!
@@ -14,25 +15,21 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use jsonrpsee::{
-    ConnectionId, Extensions, MethodCallback, MethodResponse, MethodResponseNotifyTx, Methods,
-};
+use jsonrpsee::{ConnectionId, Extensions, MethodCallback, MethodResponse, MethodResponseNotifyTx};
 use jsonrpsee_types::{ErrorObject, Id, Params};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::codec::FramedRead;
 
-use super::codes;
+use super::connection::{Access, CallId, Connection, MethodTable};
 use crate::lines::{BoundedLines, Line};
+use crate::protocol::codes;
 
 /// Replies and notifications queued per connection before producers wait.
 const OUT_QUEUE: usize = 256;
@@ -41,8 +38,6 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Entries of one batch run at once (the default per-connection in-flight
 /// limit).
 const BATCH_CONCURRENCY: usize = 64;
-/// Subscriptions one connection may hold.
-const MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy)]
@@ -101,86 +96,10 @@ fn now_ms() -> u64 {
     crate::time::millis(START.get_or_init(std::time::Instant::now).elapsed())
 }
 
-/// One connection as methods see it (through the call's `Extensions`): its
-/// outgoing queue and its subscriptions.
-pub struct Connection {
-    out: mpsc::Sender<Box<RawValue>>,
-    subscriptions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-}
-
-/// The JSON-RPC id of the call being served (given to `host.request`).
-#[derive(Debug, Clone)]
-pub struct CallId(pub Id<'static>);
-
-/// Subscription ids are unique daemon-wide.
-static NEXT_SUBSCRIPTION: AtomicU64 = AtomicU64::new(1);
-
-impl Connection {
-    fn new(out: mpsc::Sender<Box<RawValue>>) -> Self {
-        Connection {
-            out,
-            subscriptions: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Queue a message; fails once the connection is gone.
-    pub async fn send(&self, msg: Box<RawValue>) -> Result<(), ()> {
-        self.out.send(msg).await.map_err(|_| ())
-    }
-
-    /// Queue a message if there is room now; `false` if it was dropped
-    /// (the queue is full or the connection gone).
-    pub fn try_send(&self, msg: Box<RawValue>) -> bool {
-        self.out.try_send(msg).is_ok()
-    }
-
-    /// Resolves when the connection's writer has gone away.
-    pub async fn closed(&self) {
-        self.out.closed().await
-    }
-
-    fn subs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
-        self.subscriptions.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Register a new subscription: its id and the receiver that fires when it
-    /// is cancelled. `None` when the connection has too many.
-    pub fn add_subscription(&self) -> Option<(u64, oneshot::Receiver<()>)> {
-        let mut subs = self.subs();
-        if subs.len() >= MAX_SUBSCRIPTIONS {
-            return None;
-        }
-        let id = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        subs.insert(id, tx);
-        Some((id, rx))
-    }
-
-    fn subscription_count(&self) -> usize {
-        self.subs().len()
-    }
-
-    /// Cancel a subscription; whether it was active.
-    pub fn cancel_subscription(&self, id: u64) -> bool {
-        self.subs().remove(&id).map(|tx| tx.send(())).is_some()
-    }
-
-    pub fn remove_subscription(&self, id: u64) {
-        self.subs().remove(&id);
-    }
-
-    /// End every subscription (the client closed its side).
-    fn cancel_all(&self) {
-        for (_, tx) in self.subs().drain() {
-            let _ = tx.send(());
-        }
-    }
-}
-
 /// What the dispatcher needs for one connection.
 #[derive(Clone)]
 pub struct Dispatcher {
-    methods: Methods,
+    methods: MethodTable,
     conn_id: ConnectionId,
     conn: Arc<Connection>,
 }
@@ -331,37 +250,12 @@ fn check(text: &str) -> Result<Call<'_>, Invalid> {
 }
 
 impl Dispatcher {
-    pub fn new(methods: Methods, conn_id: usize, conn: Arc<Connection>) -> Self {
+    pub fn new(methods: MethodTable, conn_id: usize, conn: Arc<Connection>) -> Self {
         Dispatcher {
             methods,
             conn_id: ConnectionId(conn_id),
             conn,
         }
-    }
-
-    /// A dispatcher over the full method set and a supervisor whose hosts can
-    /// never spawn (its `node` does not exist), for fuzzing. Replies that
-    /// would go to subscribers are dropped. Needs a tokio runtime.
-    #[doc(hidden)]
-    pub fn for_fuzzing() -> Self {
-        let dir = std::env::temp_dir().join(format!("hostd-fuzz-{}", std::process::id()));
-        let mut config = crate::supervisor::SupervisorConfig::new(dir.clone());
-        config.node = Some(dir.join("no-such-node"));
-        let (control, _) = mpsc::channel(1);
-        let module = super::build_module(super::RpcContext {
-            supervisor: crate::supervisor::Supervisor::new(config),
-            info: super::DaemonInfo {
-                pid: std::process::id(),
-                started_at: std::time::SystemTime::now(),
-                started: std::time::Instant::now(),
-                socket: dir.join("hostd.sock"),
-                recovered: Vec::new(),
-            },
-            control,
-            state: Arc::default(),
-        });
-        let (out, _) = mpsc::channel(1);
-        Dispatcher::new(module.into(), 0, Arc::new(Connection::new(out)))
     }
 
     /// Handle one line. Returns the reply to write, if any.
@@ -466,8 +360,8 @@ impl Dispatcher {
 
     async fn dispatch(&self, call: Call<'_>, in_batch: bool) -> Option<MethodResponse> {
         let id = call.id.clone().unwrap_or(Id::Null).into_owned();
-        if call.method == super::methods::SUBSCRIBE || call.method == super::methods::SUBSCRIBE_LOGS
-        {
+        let access = self.methods.access(&call.method);
+        if access == Access::Subscribe {
             if in_batch {
                 return Some(
                     Invalid::Request(id, "subscriptions are not allowed in a batch")
@@ -478,20 +372,24 @@ impl Dispatcher {
             call.id.as_ref()?;
         }
         let params = Params::new(call.params).into_owned();
-        let Some(cb) = self.methods.method(&call.method) else {
+        let Some(cb) = self.methods.methods().method(&call.method) else {
             return Some(MethodResponse::error(
                 id,
                 ErrorObject::from(jsonrpsee_types::ErrorCode::MethodNotFound),
             ));
         };
         let mut ext = Extensions::new();
-        if call.method.starts_with("host.subscribe") || call.method == super::methods::UNSUBSCRIBE {
-            // Only subscriptions need the connection (and the allocation)…
-            ext.insert(self.conn.clone());
-        } else if call.method == super::methods::REQUEST {
-            // …and relays, for `host.partial` notifications about this call.
-            ext.insert(self.conn.clone());
-            ext.insert(CallId(id.clone()));
+        // Only the calls that declared it get the connection (and the
+        // allocation).
+        match access {
+            Access::Nothing => {}
+            Access::Subscribe | Access::Connection => {
+                ext.insert(self.conn.clone());
+            }
+            Access::ConnectionAndCallId => {
+                ext.insert(self.conn.clone());
+                ext.insert(CallId(id.clone()));
+            }
         }
         Some(match cb {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
@@ -533,7 +431,7 @@ impl Invalid {
 /// that this same task drains.
 pub async fn serve<S>(
     stream: S,
-    methods: Methods,
+    methods: MethodTable,
     conn_id: usize,
     limits: Limits,
     presence: Arc<Presence>,

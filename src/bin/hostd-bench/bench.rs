@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dscode_hostd::protocol::names;
 use serde_json::{Value, json};
 
 const ALL: &[&str] = &[
@@ -331,7 +332,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(mut c) = Conn::open(&self.socket) {
-            let _ = c.call("daemon.shutdown", json!({}));
+            let _ = c.call(names::DAEMON_SHUTDOWN, json!({}));
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.child.try_wait().ok().flatten().is_none() {
@@ -507,15 +508,18 @@ struct StatusBench {
     _light: tempfile::TempDir,
 }
 
-const STATUS_REQ: &str =
-    r#"{"jsonrpc":"2.0","id":1,"method":"host.status","params":{"extensionId":"bench.a"}}"#;
+/// The `host.status` request line both RPC benchmarks send.
+fn status_req() -> String {
+    json!({"jsonrpc":"2.0","id":1,"method": names::HOST_STATUS,"params":{"extensionId":"bench.a"}})
+        .to_string()
+}
 
 impl StatusBench {
     fn start() -> anyhow::Result<StatusBench> {
         let (cfg, light) = Daemon::light_config("");
         let daemon = Daemon::start(&cfg)?;
         Conn::open(&daemon.socket)?.call(
-            "host.start",
+            names::HOST_START,
             json!({"extensionId":"bench.a","entry": fixtures().join("print-lines.js")}),
         )?;
         Ok(StatusBench {
@@ -530,7 +534,7 @@ fn rpc_latency(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let StatusBench {
         daemon: d, echo, ..
     } = &StatusBench::start()?;
-    let req = STATUS_REQ;
+    let req = &status_req();
     let (mut p50, mut p99, mut f50, mut f99) = (vec![], vec![], vec![], vec![]);
     for _ in 0..o.repeats {
         let lat = round_trips(&echo.path, req, 20_000)?;
@@ -584,7 +588,7 @@ fn rpc_throughput(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let StatusBench {
         daemon: d, echo, ..
     } = &StatusBench::start()?;
-    let req = STATUS_REQ;
+    let req = &status_req();
     let (mut ours, mut floor) = (vec![], vec![]);
     for _ in 0..o.repeats {
         floor.push(throughput(&echo.path, 8, Duration::from_secs(2), req)?);
@@ -650,7 +654,7 @@ fn start_many(
     fan_out(
         socket,
         n,
-        "host.start",
+        names::HOST_START,
         move |i| json!({"extensionId": format!("{prefix}{i}"), "entry": entry, "env": env}),
         "running",
     )
@@ -765,7 +769,7 @@ fn stop(o: &Opts) -> anyhow::Result<Vec<Row>> {
         ours.push(fan_out(
             &d.socket,
             100,
-            "host.stop",
+            names::HOST_STOP,
             move |i| json!({"extensionId": format!("{prefix}{i}")}),
             "stopped",
         )?);
@@ -787,9 +791,12 @@ fn exit_to_event(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let entry = fixtures().join("print-lines.js");
     let d = Daemon::start(&cfg)?;
     let mut sub = Conn::open(&d.socket)?;
-    sub.call("host.subscribe", json!({}))?;
+    sub.call(names::HOST_SUBSCRIBE, json!({}))?;
     let mut c = Conn::open(&d.socket)?;
-    let st = c.call("host.start", json!({"extensionId":"bench.k","entry":entry}))?;
+    let st = c.call(
+        names::HOST_START,
+        json!({"extensionId":"bench.k","entry":entry}),
+    )?;
     let mut pid = st["pid"].as_i64().context("pid")? as i32;
     let kills = (200 * o.repeats / 3).max(200);
     let mut lat = Vec::new();
@@ -860,8 +867,11 @@ fn scale(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     let d = Daemon::start(&cfg)?;
     let mut c = Conn::open(&d.socket)?;
     // Warm up the runtime and allocator with one host, then measure.
-    c.call("host.start", json!({"extensionId":"warm","entry":entry}))?;
-    c.call("host.stop", json!({"extensionId":"warm"}))?;
+    c.call(
+        names::HOST_START,
+        json!({"extensionId":"warm","entry":entry}),
+    )?;
+    c.call(names::HOST_STOP, json!({"extensionId":"warm"}))?;
     let before = rss_kib(d.pid());
     start_many(&d.socket, "scale.", 1000, &entry, json!({}))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -869,7 +879,7 @@ fn scale(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     let per_host = (after.saturating_sub(before)) as f64 / 1000.0;
     let mut lat = Vec::new();
     let list_req =
-        json!({"jsonrpc":"2.0","id":"list","method":"host.list","params":{}}).to_string();
+        json!({"jsonrpc":"2.0","id":"list","method": names::HOST_LIST,"params":{}}).to_string();
     for _ in 0..50 {
         // Timed: the request and the whole reply line (~0.5 MB), not the
         // bench's own parse of it.
@@ -932,7 +942,7 @@ fn fanout(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     let subs: Vec<_> = (0..100)
         .map(|_| {
             let mut s = Conn::open(&d.socket)?;
-            s.call("host.subscribe", json!({}))?;
+            s.call(names::HOST_SUBSCRIBE, json!({}))?;
             anyhow::Ok(s)
         })
         .collect::<Result<_, _>>()?;
@@ -958,7 +968,10 @@ fn fanout(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     let mut c = Conn::open(&d.socket)?;
     let t0 = Instant::now();
     for _ in 0..500 {
-        let _ = c.call("host.start", json!({"extensionId":"fan","entry":entry}));
+        let _ = c.call(
+            names::HOST_START,
+            json!({"extensionId":"fan","entry":entry}),
+        );
     }
     let mut last = t0;
     let mut reference: Option<Vec<u64>> = None;
@@ -1001,10 +1014,10 @@ fn relay(o: &Opts) -> anyhow::Result<Vec<Row>> {
     let d = Daemon::start("heartbeat_interval_ms = 0\n")?;
     let mut c = Conn::open(&d.socket)?;
     c.call(
-        "host.start",
+        names::HOST_START,
         json!({"extensionId":"bench.ipc","entry": fixtures().join("ipc-host.js"),"waitReady":true}),
     )?;
-    let req = json!({"jsonrpc":"2.0","id":1,"method":"host.request","params":{"extensionId":"bench.ipc","type":"echo","payload":{"x":1}}}).to_string();
+    let req = json!({"jsonrpc":"2.0","id":1,"method": names::HOST_REQUEST,"params":{"extensionId":"bench.ipc","type":"echo","payload":{"x":1}}}).to_string();
     // The same fixture's own socket, spoken to directly.
     let (host_sock, _) = dscode_hostd::ipc::ipc_paths(d.socket.parent().unwrap(), "bench.ipc");
     let mut direct = UnixStream::connect(&host_sock)?;
@@ -1118,12 +1131,12 @@ fn ready(o: &Opts) -> anyhow::Result<Vec<Row>> {
             floor.push(bare_ready(&node, &entry, scratch.path())?);
             let t = Instant::now();
             let st = c.call(
-                "host.start",
+                names::HOST_START,
                 json!({"extensionId":"main","entry": entry,"extensionsDir": exts.path(),"waitReady":true}),
             )?;
             ours.push(t.elapsed().as_secs_f64() * 1000.0);
             anyhow::ensure!(st["ready"] == true, "{st}");
-            c.call("host.stop", json!({"extensionId":"main"}))?;
+            c.call(names::HOST_STOP, json!({"extensionId":"main"}))?;
         }
     }
     ours.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -1178,14 +1191,14 @@ fn flood(_o: &Opts) -> anyhow::Result<Vec<Row>> {
     let (bytes0, cpu0) = (log_bytes(&state), cpu_ms(d.pid()));
     let t0 = Instant::now();
     c.call(
-        "host.start",
+        names::HOST_START,
         json!({"extensionId":"bench.flood","entry": fixtures().join("flood.js"),"args":[(secs * 1000).to_string(), "100"]}),
     )?;
     let mut lat = Vec::new();
     let mut probe = Conn::open(&d.socket)?;
     while t0.elapsed() < Duration::from_secs(secs) {
         let t = Instant::now();
-        probe.call("daemon.info", json!({}))?;
+        probe.call(names::DAEMON_INFO, json!({}))?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -1222,9 +1235,12 @@ fn start_latency(d: &Daemon, n: usize) -> anyhow::Result<f64> {
     let mut lat = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        c.call("host.start", json!({"extensionId":"bench.v","entry":entry}))?;
+        c.call(
+            names::HOST_START,
+            json!({"extensionId":"bench.v","entry":entry}),
+        )?;
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        c.call("host.stop", json!({"extensionId":"bench.v"}))?;
+        c.call(names::HOST_STOP, json!({"extensionId":"bench.v"}))?;
     }
     Ok(median(lat))
 }

@@ -1,8 +1,13 @@
 //! JSON-RPC error codes: the standard ones and dscode-hostd's own.
 
-pub use jsonrpsee_types::error::{
-    INVALID_PARAMS_CODE, INVALID_REQUEST_CODE, METHOD_NOT_FOUND_CODE, PARSE_ERROR_CODE,
-};
+/// The line is not JSON.
+pub const PARSE_ERROR_CODE: i32 = -32700;
+/// The JSON is not a valid request (also: a line over the size limit).
+pub const INVALID_REQUEST_CODE: i32 = -32600;
+pub const METHOD_NOT_FOUND_CODE: i32 = -32601;
+/// `data: {"field"}` names the offending parameter.
+pub const INVALID_PARAMS_CODE: i32 = -32602;
+pub const INTERNAL_ERROR_CODE: i32 = -32603;
 
 /// Connection refused for load (`too many connections`).
 pub const TOO_MANY_CONNECTIONS: i32 = -32000;
