@@ -163,11 +163,7 @@ impl Supervisor {
             match (e.kind, e.from, e.status) {
                 (events::EventKind::Ready, _, Some(s)) => return Ok(s.with_uptime()),
                 (events::EventKind::Transition, Some(HostState::Running), status) => {
-                    let ms = e
-                        .reason
-                        .strip_prefix("not ready within ")
-                        .and_then(|r| r.strip_suffix(" ms"));
-                    if let Some(ms) = ms.and_then(|m| m.parse().ok()) {
+                    if let Some(events::Failure::NotReady { ms }) = ev.failure {
                         return Err(SupervisorError::ReadyTimeout {
                             extension_id: id,
                             ms,

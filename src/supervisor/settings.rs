@@ -10,29 +10,7 @@ use std::time::Duration;
 use super::logs;
 use super::messages;
 use super::spec::{IpcPolicy, RestartPolicy};
-
-/// Where per-host cgroups are made (Linux; found at start-up).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CgroupRoots {
-    /// A writable cgroup2 subtree: one cgroup per host process.
-    pub v2: Option<PathBuf>,
-    /// A writable v1 `memory` hierarchy, used for memory limits when the
-    /// cgroup2 subtree has no memory controller (hybrid layouts).
-    pub memory_v1: Option<PathBuf>,
-    /// Likewise a v1 `cpu` hierarchy, for CPU limits.
-    pub cpu_v1: Option<PathBuf>,
-}
-
-impl CgroupRoots {
-    /// The v1 hierarchy that enforces `controller`'s limits, if one does.
-    pub fn v1(&self, controller: &str) -> Option<&PathBuf> {
-        match controller {
-            "memory" => self.memory_v1.as_ref(),
-            "cpu" => self.cpu_v1.as_ref(),
-            _ => None,
-        }
-    }
-}
+pub use crate::spawn::CgroupRoots;
 
 /// Settings that apply to every host, from the config.
 #[derive(Debug, Clone)]
@@ -50,8 +28,7 @@ pub struct SupervisorConfig {
     /// `sandbox.cpu_max_percent`, applied to each host's cgroup.
     pub cpu_max_percent: Option<u32>,
     /// The sandbox profile; each host also gets its private dirs writable.
-    #[cfg(target_os = "linux")]
-    pub sandbox: crate::sandbox::SandboxPolicy,
+    pub sandbox: crate::spawn::SandboxPolicy,
     /// Directory of the daemon executable, for bundled Node.
     pub exe_dir: Option<PathBuf>,
     /// `DSCODE_RESOURCE_PATH` as the seed computed it.
@@ -100,8 +77,7 @@ impl SupervisorConfig {
             cgroups: CgroupRoots::default(),
             memory_max: None,
             cpu_max_percent: None,
-            #[cfg(target_os = "linux")]
-            sandbox: crate::sandbox::SandboxPolicy::default(),
+            sandbox: Default::default(),
             exe_dir,
             resource_path,
             runtime_dir,

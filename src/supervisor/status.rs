@@ -68,6 +68,10 @@ pub struct HostStatus {
     /// The CPU limit (percent of one CPU) its processes get, if any.
     #[serde(default)]
     pub cpu_max_percent: Option<u32>,
+    /// Processes of an earlier stop that outlived SIGKILL and its grace,
+    /// while they live (omitted when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leftover_pids: Vec<u32>,
     /// When the current process started, for `uptime_ms`.
     #[serde(skip)]
     pub started_instant: Option<Instant>,
