@@ -2,7 +2,8 @@
 //! session's events, the commands, and the deadlines (ready, channel
 //! closed, backoff, stable, stop); each turn under `catch_unwind`. Also the
 //! transitions that follow an exit, a backoff, a stable run or a judged
-//! failure. Starting is in `start.rs`, stopping in `stop.rs`.
+//! failure. Starting is in `start.rs`, what follows an exit in `exit.rs`,
+//! stopping in `stop.rs`.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
@@ -14,9 +15,9 @@ use tokio::time::Instant;
 use super::handle::{ActorParts, Command};
 use super::stop::{Leftovers, Stopping};
 use crate::ipc::{self, SessionEvent, SessionHandle};
-use crate::spawn::{self, Containment, ExitOutcome};
+use crate::spawn::{self, Containment};
 use crate::state::{self, HostState, Input};
-use crate::supervisor::budget::{AfterFailure, Budget, Event as BudgetEvent};
+use crate::supervisor::budget::{Budget, Event as BudgetEvent};
 use crate::supervisor::events::{EventBus, Failure};
 use crate::supervisor::logs::SharedLogRing;
 use crate::supervisor::messages::MessageHub;
@@ -67,7 +68,7 @@ pub(super) struct HostActor {
     pub(super) state: HostState,
     pub(super) generation: u64,
     /// Automatic restarts performed over the host's life.
-    restart_count: u64,
+    pub(super) restart_count: u64,
     /// Restart budget used since the last reset.
     pub(super) attempts_used: u32,
     pub(super) child: Option<Child>,
@@ -419,117 +420,6 @@ impl HostActor {
                 tracing::error!(extension_id = %self.id, error = %e, "rejected state transition");
                 false
             }
-        }
-    }
-
-    fn on_exit(&mut self, res: std::io::Result<std::process::ExitStatus>) {
-        let outcome = match res {
-            Ok(status) => ExitOutcome::from(status),
-            Err(e) => {
-                tracing::error!(extension_id = %self.id, error = %e, "waiting for the host failed");
-                ExitOutcome {
-                    code: None,
-                    signal: None,
-                }
-            }
-        };
-        self.child = None;
-        self.pid = None;
-        self.started = None;
-        self.stable_at = None;
-        self.end_session("the host exited");
-        self.last_exit = Some(LastExit {
-            code: outcome.code,
-            signal: outcome.signal,
-            at: crate::time::rfc3339_now(),
-        });
-        if self.state == HostState::Stopping {
-            if let Some(s) = &mut self.stop {
-                s.poll_at = Some(Instant::now());
-            }
-            return;
-        }
-        // Unrequested exit: the group's (and cgroup's) leftovers go with it.
-        self.kill_tree();
-        self.release_contained();
-        if let Some(r) = &self.records {
-            r.down(&self.id);
-        }
-        match self.state {
-            HostState::Running => {
-                tracing::warn!(extension_id = %self.id, "{outcome}");
-                self.apply(Input::ExitedUnexpectedly, outcome.to_string());
-            }
-            // Already judged failed (see `fail`): this is the kill landing.
-            HostState::Unhealthy => {}
-            other => {
-                tracing::error!(extension_id = %self.id, state = %other, "{outcome} in an unexpected state");
-                return;
-            }
-        }
-        let policy = self.spec.restart;
-        let cause = match self.failure.take() {
-            Some(f) => f.to_string(),
-            None => outcome.to_string(),
-        };
-        let mut budget = self.budget();
-        match budget.on_failure() {
-            AfterFailure::Restart { attempt } => {
-                self.attempts_used = budget.used;
-                let delay = policy.backoff_for(attempt);
-                self.restart_at = Some((Instant::now() + delay, SystemTime::now() + delay));
-                self.apply(
-                    Input::RetryWithinBudget,
-                    format!(
-                        "restarting in {} ms (attempt {} of {})",
-                        crate::time::millis(delay),
-                        budget.used,
-                        policy.max_attempts
-                    ),
-                );
-            }
-            AfterFailure::Exhausted => {
-                self.apply(
-                    Input::BudgetExhausted,
-                    format!("restart budget exhausted: {cause}"),
-                );
-            }
-        }
-    }
-
-    async fn on_backoff_elapsed(&mut self) {
-        self.restart_at = None;
-        if self.state != HostState::Restarting {
-            return;
-        }
-        self.restart_count += 1;
-        if self.apply(Input::BackoffElapsed, "backoff elapsed") {
-            // A failure is published as `crashed`; nobody waits for this one.
-            let _ = self.spawn_in_starting().await;
-        }
-    }
-
-    fn on_stable(&mut self) {
-        self.stable_at = None;
-        // The exit may have landed in the same instant without being seen
-        // yet: a process that is gone has not run stably.
-        if let Some(child) = &mut self.child
-            && !matches!(child.try_wait(), Ok(None))
-        {
-            return;
-        }
-        let mut budget = self.budget();
-        if self.state == HostState::Running && budget.on_stable() {
-            tracing::info!(extension_id = %self.id, "running stably; restart budget restored");
-            self.attempts_used = budget.used;
-            self.bus.set_status(self.status());
-        }
-    }
-
-    fn budget(&self) -> Budget {
-        Budget {
-            max: self.spec.restart.max_attempts,
-            used: self.attempts_used,
         }
     }
 

@@ -3,8 +3,10 @@
 //!
 //! - [`handle`]: the handle others hold ([`HostHandle`]) and the commands it
 //!   sends, and the actor's creation ([`spawn_actor`]);
-//! - `actor`: the actor's loop, its commands, exits, backoff, stable timer
-//!   and the IPC session's events;
+//! - `actor`: the actor's loop, its commands, its status, and the IPC
+//!   session's events;
+//! - `exit`: what follows an exit (the restart policy), the backoff, the
+//!   stable timer;
 //! - `start`: a start (preparation on a blocking thread, the fork on the
 //!   spawner thread, the pipes and the IPC session of the new process);
 //! - `stop`: the stop path (SIGTERM, the kill deadline, waiting for the
@@ -19,6 +21,7 @@
 //! here is platform code.
 
 mod actor;
+mod exit;
 pub mod handle;
 mod start;
 mod stop;
