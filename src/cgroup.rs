@@ -272,6 +272,13 @@ impl HostCgroup {
         write_file(&self.dir.join(file), &value)
     }
 
+    /// The processes in the cgroup now (exited ones are not listed).
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|p| p.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// SIGKILL every process in the cgroup.
     pub fn kill(&self) {
         if let Err(e) = write_file(&self.dir.join("cgroup.kill"), "1") {

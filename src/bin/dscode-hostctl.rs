@@ -856,6 +856,7 @@ mod tests {
             ready_at: None,
             memory_max_mb: None,
             cpu_max_percent: None,
+            leftover_pids: Vec::new(),
             started_instant: None,
         }
     }

@@ -24,6 +24,17 @@ pub fn ipc_paths(runtime_dir: &Path, extension_id: &str) -> (PathBuf, PathBuf) {
     (dir.join("host.sock"), dir.join("daemon.sock"))
 }
 
+/// Remove a host's IPC directory and the sockets in it (when the host is
+/// removed, at rest). Named pipes have no directory: nothing to do there.
+pub fn remove_host_dir(runtime_dir: &Path, extension_id: &str) {
+    #[cfg(unix)]
+    if let Some(dir) = ipc_paths(runtime_dir, extension_id).0.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    #[cfg(windows)]
+    let _ = (runtime_dir, extension_id);
+}
+
 /// The directory holding every host's IPC directory.
 pub fn ipc_root(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join("ipc")

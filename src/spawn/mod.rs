@@ -1,7 +1,8 @@
 //! Spawning extension hosts and signalling their process groups.
 //!
 //! Knows processes, paths and signals; knows nothing about host states,
-//! subscribers or JSON-RPC.
+//! subscribers or JSON-RPC. [`prepare`] is the blocking half of a start,
+//! [`containment`] what holds a host's processes afterwards.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use tokio::process::{Child, Command};
 
+pub mod containment;
+pub mod prepare;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -20,6 +23,9 @@ pub use unix::{ProcessGroup, UsageProbe, group_alive, signal_group};
 mod windows;
 #[cfg(windows)]
 pub use windows::{ProcessGroup, UsageProbe};
+
+pub use containment::{CgroupRoots, Cgroups, Containment, Emptied, Limits};
+pub use prepare::{HostLaunch, Prepared, SandboxPolicy, prepare};
 
 /// Why a host could not be spawned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -186,6 +192,31 @@ pub struct LaunchSpec {
     pub cgroup_procs: Vec<Arc<std::fs::File>>,
     /// Run as this user instead of the daemon's (root daemons only).
     pub run_as: Option<HostUser>,
+}
+
+impl LaunchSpec {
+    /// `program args…` in `/`, with only `PATH`, unsandboxed: for tests.
+    #[cfg(test)]
+    pub(crate) fn plain(program: &str, args: &[&str]) -> LaunchSpec {
+        let mut env = BTreeMap::new();
+        if let Some(path) = std::env::var_os("PATH") {
+            env.insert(OsString::from("PATH"), path);
+        }
+        LaunchSpec {
+            node: program.into(),
+            node_args: Vec::new(),
+            entry: args.first().copied().unwrap_or_default().into(),
+            args: args.iter().skip(1).map(|a| a.to_string()).collect(),
+            cwd: "/".into(),
+            env,
+            exec_fd: None,
+            #[cfg(target_os = "linux")]
+            sandbox: None,
+            #[cfg(target_os = "linux")]
+            cgroup_procs: Vec::new(),
+            run_as: None,
+        }
+    }
 }
 
 /// A freshly spawned host: the child (stdout and stderr piped) and its process

@@ -34,6 +34,16 @@ impl ProcessGroup {
         group_alive(self.pgid)
     }
 
+    /// The group's live (non-zombie) members. Without `/proc` they cannot
+    /// be listed: a group that is alive is then reported by its id.
+    pub fn members(&self) -> Vec<u32> {
+        match group_members(self.pgid) {
+            Ok(pids) => pids,
+            Err(_) if group_alive(self.pgid) => vec![self.pgid as u32],
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// What [`UsageProbe::read`] needs, to read the group's usage off the
     /// actor (it scans `/proc`).
     pub fn usage_probe(&self) -> io::Result<UsageProbe> {
@@ -138,21 +148,20 @@ pub fn group_alive(pgid: i32) -> bool {
     }
     match killpg(Pid::from_raw(pgid), None) {
         Err(nix::errno::Errno::ESRCH) => false,
-        _ => live_group_members(pgid).map(|n| n > 0).unwrap_or(true),
+        _ => group_members(pgid).map(|m| !m.is_empty()).unwrap_or(true),
     }
 }
 
-/// Count the non-zombie processes of group `pgid` from `/proc`.
+/// The non-zombie processes of group `pgid`, from `/proc`.
 #[cfg(target_os = "linux")]
-fn live_group_members(pgid: i32) -> io::Result<usize> {
-    let mut n = 0;
+fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
+    let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
-        }
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
@@ -161,14 +170,14 @@ fn live_group_members(pgid: i32) -> io::Result<usize> {
             && state != 'Z'
             && state != 'X'
         {
-            n += 1;
+            pids.push(pid);
         }
     }
-    Ok(n)
+    Ok(pids)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn live_group_members(_pgid: i32) -> io::Result<usize> {
-    // No /proc: trust killpg, which counts zombies as members.
-    Ok(1)
+fn group_members(_pgid: i32) -> io::Result<Vec<u32>> {
+    // No /proc: the caller trusts killpg, which counts zombies as members.
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }

@@ -97,6 +97,16 @@ impl ProcessGroup {
         }
     }
 
+    /// The job's live processes. They are not listed here: a job that is
+    /// alive is reported by its first process's pid.
+    pub fn members(&self) -> Vec<u32> {
+        if self.alive() {
+            vec![self.pid]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// What [`UsageProbe::read`] needs: a second handle to the job.
     pub fn usage_probe(&self) -> io::Result<UsageProbe> {
         Ok(UsageProbe {

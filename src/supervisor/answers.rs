@@ -118,14 +118,7 @@ fn storage(
     .map_err(|e| e.to_string())
 }
 
-/// `mkdir -p` with 0700 for what it creates.
-pub fn make_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
+pub use crate::spawn::prepare::make_private_dir;
 
 #[cfg(test)]
 mod tests {

@@ -96,6 +96,32 @@ pub struct BusEvent {
     pub seq: u64,
     pub extension_id: String,
     pub json: Box<RawValue>,
+    /// For in-process waiters: why a running host was judged failed, when
+    /// this transition says so (the wire has only the reason's text).
+    pub failure: Option<Failure>,
+}
+
+/// Why the daemon judged a running host failed (`running → unhealthy`,
+/// then SIGKILL). Its text is the transition's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Its ready timeout passed before the handshake completed.
+    NotReady { ms: u64 },
+    /// It closed its IPC channel but kept running.
+    ChannelClosed,
+    /// Its IPC session judged it (a malformed frame, no heartbeat reply):
+    /// the session's words.
+    Session(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NotReady { ms } => write!(f, "not ready within {ms} ms"),
+            Failure::ChannelClosed => f.write_str("closed its IPC channel but kept running"),
+            Failure::Session(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// Which hosts a subscriber wants; `None` means all.
@@ -153,25 +179,37 @@ impl EventBus {
         status: HostStatus,
         reason: impl Into<String>,
     ) -> u64 {
+        self.transition_failed(from, status, reason, None)
+    }
+
+    /// A state change that judges the host failed: `failure` goes with the
+    /// event to in-process waiters.
+    pub fn transition_failed(
+        &self,
+        from: HostState,
+        status: HostStatus,
+        reason: impl Into<String>,
+        failure: Option<Failure>,
+    ) -> u64 {
         let mut event = StateEvent::about(EventKind::Transition, 0, status, reason.into());
         event.from = Some(from);
-        self.publish(event, true)
+        self.publish(event, true, failure)
     }
 
     /// Record that a host became ready.
     pub fn ready(&self, status: HostStatus) -> u64 {
         let mut event = StateEvent::about(EventKind::Ready, 0, status, "ready".into());
         event.from = event.to;
-        self.publish(event, true)
+        self.publish(event, true, None)
     }
 
     /// Record that a host was removed.
     pub fn removed(&self, status: HostStatus) -> u64 {
         let event = StateEvent::about(EventKind::Removed, 0, status, "removed".into());
-        self.publish(event, false)
+        self.publish(event, false, None)
     }
 
-    fn publish(&self, mut event: StateEvent, keep: bool) -> u64 {
+    fn publish(&self, mut event: StateEvent, keep: bool, failure: Option<Failure>) -> u64 {
         let mut inner = self.lock();
         inner.seq += 1;
         event.seq = inner.seq;
@@ -188,6 +226,7 @@ impl EventBus {
             seq: event.seq,
             extension_id: id,
             json,
+            failure,
         }));
         event.seq
     }
