@@ -180,6 +180,21 @@ struct PendingRelay {
     partial: Option<PartialSink>,
 }
 
+/// Removes one relayed request's entry from the pending table when dropped.
+struct Forget<'a> {
+    table: &'a Mutex<HashMap<String, PendingRelay>>,
+    key: String,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
 /// The two halves of the handshake.
 #[derive(Default)]
 struct Link {
@@ -342,8 +357,12 @@ impl SessionHandle {
         self.shared
             .pending()
             .insert(key.clone(), PendingRelay { done: tx, partial });
-        let forget = || {
-            self.shared.pending().remove(&key);
+        // However this call ends (reply, error, timeout, or its future
+        // dropped because the client's connection closed), its entry goes:
+        // the table holds only requests somebody still waits for.
+        let _forget = Forget {
+            table: &self.shared.pending,
+            key,
         };
         // The timeout covers the write too: a host that stopped reading
         // (full socket buffer) must time out, not block its caller forever.
@@ -354,14 +373,8 @@ impl SessionHandle {
         };
         let reply = match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                forget();
-                return Err(e);
-            }
-            Err(_) => {
-                forget();
-                return Err(RelayError::Timeout(crate::time::millis(timeout)));
-            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(RelayError::Timeout(crate::time::millis(timeout))),
         };
         match reply.reply_to() {
             Some((_, true)) => {
@@ -696,5 +709,29 @@ async fn heartbeat(handle: SessionHandle) {
             }
             Err(_) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_relay_leaves_no_pending_entry() {
+        let table = Mutex::new(HashMap::new());
+        let (done, _rx) = oneshot::channel();
+        let entry = PendingRelay {
+            done,
+            partial: None,
+        };
+        table.lock().unwrap().insert("7".to_string(), entry);
+        let forget = Forget {
+            table: &table,
+            key: "7".to_string(),
+        };
+        assert_eq!(table.lock().unwrap().len(), 1);
+        // The request's future is dropped (its client went away).
+        drop(forget);
+        assert!(table.lock().unwrap().is_empty());
     }
 }
