@@ -6,6 +6,7 @@
 //!
 //! - [`server`] accepts connections, checks the peer and enforces limits;
 //! - [`transport`] frames one message per line and dispatches to the methods;
+//!   `envelope` checks and classifies each message's envelope for it;
 //! - [`connection`] is one connection as methods see it (its queue, its
 //!   subscriptions) and the [`MethodTable`]: what each method takes from it;
 //! - [`subscriptions`] forwards a feed as notifications;
@@ -18,6 +19,7 @@
 //! [`RpcModule`]: jsonrpsee::RpcModule
 
 pub mod connection;
+mod envelope;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod methods;

@@ -3,6 +3,11 @@
 //! Knows processes, paths and signals; knows nothing about host states,
 //! subscribers or JSON-RPC. [`prepare`] is the blocking half of a start,
 //! [`containment`] what holds a host's processes afterwards.
+//!
+//! This file holds the types and the common spawn path ([`spawn`]); which
+//! Node runs is `node.rs`'s, the strict (bwrap) profile's spawn
+//! `strict.rs`'s and the Linux pre-exec steps `pre_exec.rs`'s; [`Spawner`]
+//! (`spawner.rs`) is the thread every host is forked from.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -14,7 +19,13 @@ use std::sync::Arc;
 use tokio::process::{Child, Command};
 
 pub mod containment;
+mod node;
+#[cfg(target_os = "linux")]
+mod pre_exec;
 pub mod prepare;
+mod spawner;
+#[cfg(target_os = "linux")]
+mod strict;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -25,7 +36,9 @@ mod windows;
 pub use windows::{ProcessGroup, UsageProbe};
 
 pub use containment::{CgroupRoots, Cgroups, Containment, Emptied, Limits};
+pub use node::{resolve_node, target_triple};
 pub use prepare::{HostLaunch, Prepared, SandboxPolicy, prepare};
+pub use spawner::Spawner;
 
 /// Why a host could not be spawned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -57,67 +70,6 @@ impl SpawnError {
             | SpawnError::Verify(crate::verify::VerifyError::Mismatch { path, .. }) => Some(path),
             #[cfg(target_os = "linux")]
             SpawnError::Sandbox(_) => None,
-        }
-    }
-}
-
-/// The Rust target triple the seed used for bundled `node-<triple>` binaries.
-pub fn target_triple() -> String {
-    let os = match std::env::consts::OS {
-        "macos" => "apple-darwin",
-        "linux" => "unknown-linux-gnu",
-        "windows" => "pc-windows-msvc",
-        other => other,
-    };
-    format!("{}-{}", std::env::consts::ARCH, os)
-}
-
-fn node_file_name() -> &'static str {
-    if cfg!(windows) { "node.exe" } else { "node" }
-}
-
-/// Where Node comes from, in the seed's order after an explicit `node` path:
-/// `node-<triple>` beside the executable, `node` beside the executable,
-/// `$DSCODE_RESOURCE_PATH/node`, then `node` on `PATH`.
-///
-/// An explicit path is returned as is, even when it does not exist: spawning
-/// it then fails with a message naming it.
-pub fn resolve_node(
-    configured: Option<&Path>,
-    exe_dir: Option<&Path>,
-    resource_path: Option<&Path>,
-) -> Result<PathBuf, SpawnError> {
-    if let Some(p) = configured {
-        return Ok(p.to_path_buf());
-    }
-    let mut tried = Vec::new();
-    if let Some(dir) = exe_dir {
-        let ext = if cfg!(windows) { ".exe" } else { "" };
-        for name in [
-            format!("node-{}{ext}", target_triple()),
-            node_file_name().to_string(),
-        ] {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Ok(p);
-            }
-            tried.push(p.display().to_string());
-        }
-    }
-    if let Some(dir) = resource_path {
-        let p = dir.join(node_file_name());
-        if p.is_file() {
-            return Ok(p);
-        }
-        tried.push(p.display().to_string());
-    }
-    match which::which("node") {
-        Ok(p) => Ok(p),
-        Err(_) => {
-            tried.push("`node` on PATH".into());
-            Err(SpawnError::NodeNotFound {
-                tried: tried.join(", "),
-            })
         }
     }
 }
@@ -238,7 +190,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     #[cfg(target_os = "linux")]
     if prepared.as_ref().is_some_and(|p| p.bwrap_seccomp.is_some()) {
         let policy = spec.sandbox.as_ref().expect("prepared from a policy");
-        return spawn_strict(spec, policy, prepared.expect("checked above"));
+        return strict::spawn_strict(spec, policy, prepared.expect("checked above"));
     }
     let mut cmd = match &spec.exec_fd {
         #[cfg(target_os = "linux")]
@@ -270,9 +222,9 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     #[cfg(target_os = "linux")]
     {
         // Before PDEATHSIG: a change of credentials clears it.
-        become_user(&mut cmd, spec.run_as);
-        die_with_daemon(&mut cmd);
-        join_cgroup(&mut cmd, spec);
+        pre_exec::become_user(&mut cmd, spec.run_as);
+        pre_exec::die_with_daemon(&mut cmd);
+        pre_exec::join_cgroup(&mut cmd, spec);
     }
     #[cfg(target_os = "linux")]
     if let Some(mut prepared) = prepared {
@@ -284,163 +236,6 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
         }
     }
     finish_spawn(cmd, spec)
-}
-
-/// The strict profile: `bwrap --unshare-pid --die-with-parent [--unshare-net]
-/// --ro-bind / / --dev /dev --proc /proc --tmpfs H … --bind W W … --seccomp FD
-/// -- node …`.
-#[cfg(target_os = "linux")]
-fn spawn_strict(
-    spec: &LaunchSpec,
-    policy: &crate::sandbox::SandboxPolicy,
-    mut prepared: crate::sandbox::Prepared,
-) -> Result<Spawned, SpawnError> {
-    use std::os::fd::AsRawFd;
-    let bwrap = crate::sandbox::bwrap_path()?;
-    let bpf_fd = prepared
-        .bwrap_seccomp
-        .as_ref()
-        .expect("the strict profile has a seccomp memfd")
-        .as_raw_fd();
-    let mut cmd = Command::new(&bwrap);
-    // A root daemon's bwrap keeps only CAP_SETPCAP for the cap dropper,
-    // which execs Node with no capability at all (see `strict_cap_dropper`).
-    let root = nix::unistd::geteuid().is_root();
-    let dropper = if root {
-        crate::sandbox::strict_cap_dropper()?
-    } else {
-        Vec::new()
-    };
-    cmd.args(["--unshare-pid", "--die-with-parent", "--cap-drop", "ALL"]);
-    if root {
-        cmd.args(["--cap-add", "CAP_SETPCAP"]);
-    }
-    if policy.deny_network {
-        cmd.arg("--unshare-net");
-    }
-    cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
-    for h in policy.hidden.iter().filter(|p| p.exists()) {
-        cmd.arg("--tmpfs").arg(h);
-    }
-    for w in policy.writable.iter().filter(|p| p.exists()) {
-        cmd.arg("--bind").arg(w).arg(w);
-    }
-    cmd.arg("--seccomp").arg(bpf_fd.to_string());
-    cmd.arg("--chdir").arg(&spec.cwd);
-    cmd.arg("--");
-    cmd.args(&dropper);
-    match &spec.exec_fd {
-        Some(f) => {
-            // The verified descriptor survives into the sandbox; its new
-            // /proc shows it as the inner process's own fd.
-            let fd = f.as_raw_fd();
-            prepared.keep_open(fd);
-            cmd.arg(format!("/proc/self/fd/{fd}"));
-            // SAFETY: one fcntl(2) in the child on a descriptor the parent keeps open.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let f = std::os::fd::BorrowedFd::borrow_raw(fd);
-                    nix::fcntl::fcntl(
-                        f,
-                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-                    )
-                    .map_err(std::io::Error::from)?;
-                    Ok(())
-                });
-            }
-        }
-        None => {
-            cmd.arg(&spec.node);
-        }
-    }
-    cmd.args(&spec.node_args).arg(&spec.entry).args(&spec.args);
-    cmd.current_dir(&spec.cwd)
-        .env_clear()
-        .envs(&spec.env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false)
-        .process_group(0);
-    die_with_daemon(&mut cmd);
-    join_cgroup(&mut cmd, spec);
-    // SAFETY: raw syscalls only (setrlimit, fcntl, prctl) on state built in the parent.
-    unsafe {
-        cmd.pre_exec(move || prepared.apply());
-    }
-    let mut spawned = finish_spawn(cmd, spec);
-    if let Err(SpawnError::Exec { path, .. }) = &mut spawned {
-        *path = bwrap;
-    }
-    spawned
-}
-
-/// Pre-exec step 2: PDEATHSIG = SIGKILL, then make sure the daemon did not
-/// die before it was set.
-#[cfg(target_os = "linux")]
-fn die_with_daemon(cmd: &mut Command) {
-    let parent = nix::unistd::getpid();
-    // SAFETY: runs in the forked child before exec. It makes two raw
-    // syscalls (prctl, getppid) and builds errors from raw errno values:
-    // no allocation, no locks, no logging, no panics.
-    unsafe {
-        cmd.pre_exec(move || {
-            // PDEATHSIG fires when the *thread* that forked exits, hence the
-            // dedicated spawner thread.
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)?;
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(
-                    nix::errno::Errno::ESRCH as i32,
-                ));
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Pre-exec step 1b (root daemons with `run_as`): no supplementary groups,
-/// then the user's group and uid (real, effective, saved). The process is
-/// left non-dumpable, as the kernel makes it: other processes of that user
-/// cannot read its memory or `/proc` files. Comes before PDEATHSIG, which a
-/// change of credentials clears.
-#[cfg(target_os = "linux")]
-fn become_user(cmd: &mut Command, user: Option<HostUser>) {
-    let Some(HostUser { uid, gid }) = user else {
-        return;
-    };
-    // SAFETY: raw syscalls only (setgroups, setresgid, setresuid) with
-    // integers captured by value; no allocation, no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Pre-exec step 3: join the host's cgroups through the `cgroup.procs`
-/// descriptors the parent opened.
-#[cfg(target_os = "linux")]
-fn join_cgroup(cmd: &mut Command, spec: &LaunchSpec) {
-    use std::os::fd::AsRawFd;
-    for procs in &spec.cgroup_procs {
-        let fd = procs.as_raw_fd();
-        // SAFETY: one write(2) in the child on a descriptor the parent keeps
-        // open until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let procs = std::os::fd::BorrowedFd::borrow_raw(fd);
-                nix::unistd::write(procs, b"0").map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
-    }
 }
 
 fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
@@ -474,51 +269,6 @@ fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnErr
         }
     };
     Ok(Spawned { child, pid, group })
-}
-
-type Job = (
-    LaunchSpec,
-    tokio::sync::oneshot::Sender<Result<Spawned, SpawnError>>,
-);
-
-/// The one long-lived thread every host is forked from.
-///
-/// `PR_SET_PDEATHSIG` fires when the thread that forked the child exits, not
-/// the process: a child forked from a pooled thread that later retires
-/// would be killed for no reason (reproduced with `spawn_blocking`). This
-/// thread lives as long as the daemon.
-pub struct Spawner {
-    tx: std::sync::mpsc::Sender<Job>,
-}
-
-impl Spawner {
-    /// Start the thread; it registers children with the current tokio runtime.
-    pub fn start() -> io::Result<Arc<Spawner>> {
-        let handle = tokio::runtime::Handle::current();
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("hostd-spawner".into())
-            .spawn(move || {
-                let _runtime = handle.enter();
-                while let Ok((spec, reply)) = rx.recv() {
-                    let _ = reply.send(spawn(&spec));
-                }
-            })?;
-        Ok(Arc::new(Spawner { tx }))
-    }
-
-    /// Spawn on the spawner thread; resolves when the fork and exec are done
-    /// (about a millisecond), without blocking the caller's thread.
-    pub async fn spawn(&self, spec: LaunchSpec) -> Result<Spawned, SpawnError> {
-        let node = spec.node.clone();
-        let gone = || SpawnError::Exec {
-            path: node.clone(),
-            source: Arc::new(io::Error::other("the spawner thread is gone")),
-        };
-        let (reply, result) = tokio::sync::oneshot::channel();
-        self.tx.send((spec, reply)).map_err(|_| gone())?;
-        result.await.map_err(|_| gone())?
-    }
 }
 
 /// A signal the supervisor sends to a host's process group.
@@ -634,34 +384,6 @@ mod tests {
             })
         );
         assert_eq!(parse_stat_usage("1 (x) Z 0 7"), None);
-    }
-
-    #[test]
-    fn explicit_node_path_wins_even_if_missing() {
-        let p = resolve_node(Some(Path::new("/nope/node")), None, None).unwrap();
-        assert_eq!(p, Path::new("/nope/node"));
-    }
-
-    #[test]
-    fn bundled_triple_beats_bundled_plain_beats_resource_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = dir.path().join("bin");
-        let res = dir.path().join("res");
-        std::fs::create_dir_all(&exe).unwrap();
-        std::fs::create_dir_all(&res).unwrap();
-        std::fs::write(res.join(node_file_name()), "").unwrap();
-        assert_eq!(
-            resolve_node(None, Some(&exe), Some(&res)).unwrap(),
-            res.join(node_file_name())
-        );
-        std::fs::write(exe.join(node_file_name()), "").unwrap();
-        assert_eq!(
-            resolve_node(None, Some(&exe), Some(&res)).unwrap(),
-            exe.join(node_file_name())
-        );
-        let triple = exe.join(format!("node-{}", target_triple()));
-        std::fs::write(&triple, "").unwrap();
-        assert_eq!(resolve_node(None, Some(&exe), Some(&res)).unwrap(), triple);
     }
 
     #[test]

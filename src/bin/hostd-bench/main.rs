@@ -6,6 +6,28 @@
 
 #[cfg(unix)]
 mod bench;
+#[cfg(unix)]
+mod daemon;
+#[cfg(unix)]
+mod events;
+#[cfg(unix)]
+mod flood;
+#[cfg(unix)]
+mod floor;
+#[cfg(unix)]
+mod ready;
+#[cfg(unix)]
+mod relay;
+#[cfg(unix)]
+mod report;
+#[cfg(unix)]
+mod rpc;
+#[cfg(unix)]
+mod scale;
+#[cfg(unix)]
+mod spawn;
+#[cfg(unix)]
+mod verify;
 
 #[cfg(unix)]
 fn main() -> anyhow::Result<()> {
