@@ -71,10 +71,9 @@ pub use crate::protocol::results::{
     DeliveredResult, HostList, InfoResult, LogsResult, ReloadResult, RemovedResult, SentResult,
     ShutdownResult,
 };
-pub use crate::spawn::GroupUsage;
-pub use crate::supervisor::events::{EventKind, StateEvent};
-pub use crate::supervisor::logs::LogLine;
-pub use crate::supervisor::{HostStatus, HostUsage};
+pub use crate::protocol::{
+    EventKind, GroupUsage, HostState, HostStatus, HostUsage, LogLine, StateEvent,
+};
 
 /// Longest reply line the client reads: the daemon's own limit on one
 /// response (`MAX_RESPONSE_BYTES` in `rpc/transport.rs`, envelope included),
@@ -517,26 +516,20 @@ impl Client {
         self.typed(names::HOST_USAGE, &id_params(extension_id), identity)
     }
 
-    pub fn list(&self) -> Call<'_, Vec<HostStatus>, HostList<HostStatus>> {
-        self.typed(names::HOST_LIST, &NoParams {}, |l: HostList<HostStatus>| {
-            l.hosts
-        })
+    pub fn list(&self) -> Call<'_, Vec<HostStatus>, HostList> {
+        self.typed(names::HOST_LIST, &NoParams {}, |l: HostList| l.hosts)
     }
 
     pub fn remove(&self, extension_id: &str) -> Call<'_, (), RemovedResult> {
         self.typed(names::HOST_REMOVE, &id_params(extension_id), drop)
     }
 
-    pub fn logs(
-        &self,
-        extension_id: &str,
-        lines: usize,
-    ) -> Call<'_, Vec<LogLine>, LogsResult<LogLine>> {
+    pub fn logs(&self, extension_id: &str, lines: usize) -> Call<'_, Vec<LogLine>, LogsResult> {
         let p = LogsParams {
             extension_id: extension_id.to_string(),
             lines: Some(lines),
         };
-        self.typed(names::HOST_LOGS, &p, |l: LogsResult<LogLine>| l.lines)
+        self.typed(names::HOST_LOGS, &p, |l: LogsResult| l.lines)
     }
 
     /// `host.request`: relay a request of type `kind` to the host and return

@@ -120,8 +120,8 @@ pub fn prepare_process() {
 /// What start-up found before serving.
 struct Started {
     roots: CgroupRoots,
-    sandbox: Option<serde_json::Value>,
-    recovered: Vec<crate::supervisor::records::Recovered>,
+    sandbox: Option<crate::protocol::SandboxInfo>,
+    recovered: Vec<crate::protocol::Recovered>,
 }
 
 /// Start-up before any client is served: the state directory, the probes,

@@ -22,11 +22,9 @@ use crate::protocol::results::{
     DeliveredResult, HostList, InfoResult, Lagged, LogEvent, LogsResult, PROTOCOL_VERSION, Partial,
     ReloadResult, RemovedResult, SentResult, ShutdownResult,
 };
-use crate::protocol::{codes, params};
-use crate::supervisor::events::{BusEvent, StateEvent, filter_matches};
-use crate::supervisor::logs::LogLine;
+use crate::protocol::{LogLine, Recovered, codes, params};
+use crate::supervisor::events::{self, BusEvent, filter_matches};
 use crate::supervisor::messages::HubMessage;
-use crate::supervisor::records::Recovered;
 use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
 
 /// Facts about this daemon for `daemon.info`.
@@ -37,7 +35,7 @@ pub struct DaemonInfo {
     pub started: Instant,
     pub socket: PathBuf,
     /// The hosts a previous daemon left behind when it died.
-    pub recovered: Vec<crate::supervisor::records::Recovered>,
+    pub recovered: Vec<Recovered>,
 }
 
 pub use crate::protocol::HostFailure;
@@ -74,7 +72,7 @@ pub struct DaemonState {
     pub config_path: Option<PathBuf>,
     pub last_reload_error: Mutex<Option<String>>,
     /// What the kernel supports of the sandbox, probed at start-up.
-    pub sandbox: Option<serde_json::Value>,
+    pub sandbox: Option<crate::protocol::SandboxInfo>,
 }
 
 /// What every handler can reach.
@@ -245,40 +243,37 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         Ok(openrpc.clone())
     })
     .expect("unique method name");
-    m.register_method(
-        names::DAEMON_INFO,
-        |p, ctx, _| -> RpcResult<InfoResult<Recovered>> {
-            parse::<params::NoParams>(&p)?;
-            let hosts = ctx.supervisor.list();
-            let mut by_state = BTreeMap::new();
-            for h in &hosts {
-                *by_state.entry(h.state.as_str().to_string()).or_insert(0) += 1;
-            }
-            Ok(InfoResult {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                protocol_version: PROTOCOL_VERSION,
-                pid: ctx.info.pid,
-                started_at: crate::time::rfc3339(ctx.info.started_at),
-                uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
-                socket: ctx.info.socket.display().to_string(),
-                hosts: hosts.len(),
-                hosts_by_state: by_state,
-                config_path: ctx
-                    .state
-                    .config_path
-                    .as_ref()
-                    .map(|p| p.display().to_string()),
-                last_reload_error: ctx
-                    .state
-                    .last_reload_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-                sandbox: ctx.state.sandbox.clone(),
-                recovered: ctx.info.recovered.clone(),
-            })
-        },
-    )
+    m.register_method(names::DAEMON_INFO, |p, ctx, _| -> RpcResult<InfoResult> {
+        parse::<params::NoParams>(&p)?;
+        let hosts = ctx.supervisor.list();
+        let mut by_state = BTreeMap::new();
+        for h in &hosts {
+            *by_state.entry(h.state.as_str().to_string()).or_insert(0) += 1;
+        }
+        Ok(InfoResult {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            pid: ctx.info.pid,
+            started_at: crate::time::rfc3339(ctx.info.started_at),
+            uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
+            socket: ctx.info.socket.display().to_string(),
+            hosts: hosts.len(),
+            hosts_by_state: by_state,
+            config_path: ctx
+                .state
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            last_reload_error: ctx
+                .state
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            sandbox: ctx.state.sandbox.clone(),
+            recovered: ctx.info.recovered.clone(),
+        })
+    })
     .expect("unique method name");
     m.register_method(names::DAEMON_SHUTDOWN, |p, ctx, _| -> RpcResult<_> {
         parse::<params::NoParams>(&p)?;
@@ -473,7 +468,7 @@ async fn subscribe(
                 filter_matches(&filter, &ev.extension_id).then(|| ev.json.clone())
             },
             lagged: move |missed| {
-                subscriptions::to_raw(&StateEvent::lagged(supervisor.current_seq(), missed))
+                subscriptions::to_raw(&events::lagged(supervisor.current_seq(), missed))
             },
         },
     )
@@ -510,7 +505,7 @@ async fn subscribe_logs(
             }),
             rx,
             render,
-            lagged: move |missed| subscriptions::to_raw(&LogEvent::<LogLine>::lagged(&id, missed)),
+            lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
         },
     )
 }

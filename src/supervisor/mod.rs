@@ -17,7 +17,6 @@ pub mod records;
 mod registry;
 mod settings;
 mod spec;
-mod status;
 
 pub use registry::{Registry, Supervisor};
 pub use settings::{CgroupRoots, SupervisorConfig, allowed_env};
@@ -26,10 +25,9 @@ pub use spec::{
     MAX_SETTING_MS, RestartPolicy, STATIC_ANSWER_MAX_BYTES, STATIC_ANSWERS_MAX, StartRequest,
     build_spec, static_answers, validate_extension_id,
 };
-pub use status::{HostStatus, HostUsage, LastExit, RestartBudget};
 
+use crate::protocol::{HostState, LastExit};
 use crate::spawn::SpawnError;
-use crate::state::HostState;
 
 /// Errors of the supervisor domain. The RPC layer maps each to its code.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -14,8 +14,8 @@ use super::host::{self, HostHandle};
 use super::logs::{self, LogLine};
 use super::settings::SupervisorConfig;
 use super::spec::{Declared, HostSpec, StartRequest, build_spec, validate_extension_id};
-use super::status::{HostStatus, HostUsage};
 use super::{SupervisorError, messages, peers, records};
+use crate::protocol::{HostStatus, HostUsage};
 use crate::state::HostState;
 
 /// See the module documentation.
@@ -154,15 +154,15 @@ impl Supervisor {
             if ev.extension_id != id {
                 continue;
             }
-            let Ok(e) = serde_json::from_str::<events::StateEvent>(ev.json.get()) else {
+            let Ok(e) = serde_json::from_str::<crate::protocol::StateEvent>(ev.json.get()) else {
                 continue;
             };
             if e.generation != Some(generation) {
                 continue;
             }
             match (e.kind, e.from, e.status) {
-                (events::EventKind::Ready, _, Some(s)) => return Ok(s.with_uptime()),
-                (events::EventKind::Transition, Some(HostState::Running), status) => {
+                (crate::protocol::EventKind::Ready, _, Some(s)) => return Ok(s),
+                (crate::protocol::EventKind::Transition, Some(HostState::Running), status) => {
                     if let Some(events::Failure::NotReady { ms }) = ev.failure {
                         return Err(SupervisorError::ReadyTimeout {
                             extension_id: id,
@@ -436,11 +436,11 @@ mod tests {
     /// The next transition of the subscribed host.
     async fn next_transition(
         rx: &mut tokio::sync::broadcast::Receiver<Arc<events::BusEvent>>,
-    ) -> events::StateEvent {
+    ) -> crate::protocol::StateEvent {
         loop {
             let ev = rx.recv().await.expect("bus open");
-            let e: events::StateEvent = serde_json::from_str(ev.json.get()).unwrap();
-            if e.kind == events::EventKind::Transition {
+            let e: crate::protocol::StateEvent = serde_json::from_str(ev.json.get()).unwrap();
+            if e.kind == crate::protocol::EventKind::Transition {
                 return e;
             }
         }

@@ -9,13 +9,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::HostActor;
 use crate::ipc::{self, SessionHandle};
+use crate::protocol::HostStatus;
 use crate::spawn;
 use crate::supervisor::events::EventBus;
 use crate::supervisor::logs::{LogLine, LogRing, SharedLogRing};
 use crate::supervisor::messages::MessageHub;
 use crate::supervisor::records::Records;
 use crate::supervisor::{
-    Declared, HostSpec, HostStatus, Registry, StartRequest, SupervisorConfig, SupervisorError,
+    Declared, HostSpec, Registry, StartRequest, SupervisorConfig, SupervisorError,
 };
 
 /// Commands queued per host before senders wait.
@@ -31,7 +32,7 @@ pub(super) enum Command {
     /// Replace the spec used by the next start (config reload).
     Declare(Box<StartRequest>, Reply<Declared>),
     /// What the host's processes use now (`None` when none runs).
-    Usage(Reply<Option<spawn::GroupUsage>>),
+    Usage(Reply<Option<crate::protocol::GroupUsage>>),
 }
 
 /// A cheap, cloneable way to reach a host's actor.
@@ -81,11 +82,13 @@ impl HostHandle {
         self.ask(|r| Command::Declare(Box::new(req), r)).await
     }
 
-    pub async fn usage(&self) -> Option<Result<Option<spawn::GroupUsage>, SupervisorError>> {
+    pub async fn usage(
+        &self,
+    ) -> Option<Result<Option<crate::protocol::GroupUsage>, SupervisorError>> {
         self.ask(Command::Usage).await
     }
 
-    pub fn ipc_counts(&self) -> ipc::IpcCounts {
+    pub fn ipc_counts(&self) -> crate::protocol::IpcCounts {
         self.counters.snapshot()
     }
 
