@@ -16,15 +16,18 @@
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use dscode_hostd::client::{Client, StartParams};
+//! use dscode_hostd::client::{Client, HostOptions, StartParams};
 //!
 //! # async fn demo() -> Result<(), dscode_hostd::client::ClientError> {
 //! let client = Client::connect(&Client::default_socket()).await?;
 //! let status = client
 //!     .start(StartParams {
 //!         extension_id: "acme.hello".into(),
-//!         entry: Some("/opt/ext/hello/main.js".into()),
-//!         ..Default::default()
+//!         wait_ready: false,
+//!         options: HostOptions {
+//!             entry: Some("/opt/ext/hello/main.js".into()),
+//!             ..Default::default()
+//!         },
 //!     })
 //!     .await?;
 //! println!("{} is {} (pid {:?})", status.extension_id, status.state, status.pid);
@@ -63,10 +66,10 @@ use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
 use crate::protocol::names;
+pub use crate::protocol::params::StartParams;
 use crate::protocol::params::{
     IdParams, LogsParams, NoParams, RelayParams, RespondParams, StopParams, SubscribeParams,
 };
-pub use crate::protocol::params::{RestartParams, StartParams};
 pub use crate::protocol::results::{
     DeliveredResult, HostList, InfoResult, LogsResult, ReloadResult, RemovedResult, SentResult,
     ShutdownResult,
@@ -74,6 +77,7 @@ pub use crate::protocol::results::{
 pub use crate::protocol::{
     EventKind, GroupUsage, HostState, HostStatus, HostUsage, LogLine, StateEvent,
 };
+pub use crate::protocol::{HostOptions, RestartOptions};
 
 /// Longest reply line the client reads: the daemon's own limit on one
 /// response (`MAX_RESPONSE_BYTES` in `rpc/transport.rs`, envelope included),

@@ -18,7 +18,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dscode_hostd::client::{
-    Client, ClientError, ClientOptions, GroupUsage, HostStatus, StartParams, StateEvent,
+    Client, ClientError, ClientOptions, GroupUsage, HostOptions, HostStatus, StartParams,
+    StateEvent,
 };
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -267,12 +268,15 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(format!("entry {}: {e}", entry.display())))?;
             let params = StartParams {
                 extension_id,
-                entry: Some(entry),
-                env: (!env.is_empty()).then(|| env.into_iter().collect()),
-                args: (!args.is_empty()).then_some(args),
-                memory_max_mb,
-                cpu_max_percent,
-                ..Default::default()
+                wait_ready: false,
+                options: HostOptions {
+                    entry: Some(entry),
+                    env: (!env.is_empty()).then(|| env.into_iter().collect()),
+                    args: (!args.is_empty()).then_some(args),
+                    memory_max_mb,
+                    cpu_max_percent,
+                    ..Default::default()
+                },
             };
             let v = client.start(params).json().await?;
             print_host(&v, json_out)?;

@@ -16,14 +16,16 @@
 pub mod codes;
 pub mod events;
 pub mod names;
+pub mod options;
 pub mod params;
 pub mod results;
 pub mod status;
 
 pub use events::{EventKind, HostMessage, LogLine, StateEvent, Stream};
+pub use options::{HostOptions, RestartOptions};
 pub use params::{
-    IdParams, LogsParams, NoParams, RelayParams, RespondParams, RestartParams, StartParams,
-    StopParams, SubscribeParams,
+    IdParams, LogsParams, NoParams, RelayParams, RespondParams, StartParams, StopParams,
+    SubscribeParams,
 };
 pub use results::{
     CpuLimitInfo, DeliveredResult, HostFailure, HostList, InfoResult, Lagged, LogEvent, LogsResult,

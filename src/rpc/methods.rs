@@ -25,7 +25,7 @@ use crate::protocol::results::{
 use crate::protocol::{LogLine, Recovered, codes, params};
 use crate::supervisor::events::{self, BusEvent, filter_matches};
 use crate::supervisor::messages::HubMessage;
-use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
+use crate::supervisor::{Supervisor, SupervisorError};
 
 /// Facts about this daemon for `daemon.info`.
 #[derive(Debug, Clone)]
@@ -194,38 +194,6 @@ fn bounded_ms(field: &str, v: Option<u64>) -> Result<(), ErrorObjectOwned> {
     }
 }
 
-fn ms(v: Option<u64>) -> Option<Duration> {
-    v.map(Duration::from_millis)
-}
-
-fn start_request(p: params::StartParams) -> StartRequest {
-    let r = p.restart.unwrap_or_default();
-    StartRequest {
-        extension_id: p.extension_id,
-        entry: p.entry,
-        args: p.args,
-        env: p.env,
-        cwd: p.cwd,
-        max_attempts: r.max_attempts,
-        backoff: ms(r.backoff_ms),
-        max_backoff: ms(r.max_backoff_ms),
-        stable_after: ms(r.stable_after_ms),
-        stop_timeout: ms(p.stop_timeout_ms),
-        ready_timeout: ms(p.ready_timeout_ms),
-        heartbeat_interval: ms(p.heartbeat_interval_ms),
-        heartbeat_timeout: ms(p.heartbeat_timeout_ms),
-        memory_max: p.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
-        cpu_max_percent: p.cpu_max_percent,
-        extensions_dir: p.extensions_dir,
-        storage_dir: p.storage_dir,
-        writable_paths: p.writable_paths,
-        pass_env: p.pass_env,
-        static_answers: p.static_answers,
-        log_rate_lines: p.log_rate_lines,
-        log_rate_bytes: p.log_rate_bytes,
-    }
-}
-
 /// The OpenRPC document of this protocol, served by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../proto-docs/openrpc.json");
 
@@ -303,9 +271,8 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     .expect("unique method name");
     m.register_async_method(names::HOST_START, |p, ctx, _| async move {
         let p: params::StartParams = parse(&p)?;
-        let wait = p.wait_ready;
         ctx.supervisor
-            .start_and_wait(start_request(p), wait)
+            .start_and_wait(&p.extension_id, &p.options, p.wait_ready)
             .await
             .map_err(ErrorObjectOwned::from)
     })
@@ -362,7 +329,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         let p: params::StopParams = parse(&p)?;
         bounded_ms("timeoutMs", p.timeout_ms)?;
         ctx.supervisor
-            .stop(&p.extension_id, ms(p.timeout_ms))
+            .stop(&p.extension_id, p.timeout_ms.map(Duration::from_millis))
             .await
             .map_err(ErrorObjectOwned::from)
     })
