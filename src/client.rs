@@ -16,15 +16,18 @@
 //!
 //! ```no_run
 //! use futures_util::StreamExt;
-//! use dscode_hostd::client::{Client, StartParams};
+//! use dscode_hostd::client::{Client, HostOptions, StartParams};
 //!
 //! # async fn demo() -> Result<(), dscode_hostd::client::ClientError> {
 //! let client = Client::connect(&Client::default_socket()).await?;
 //! let status = client
 //!     .start(StartParams {
 //!         extension_id: "acme.hello".into(),
-//!         entry: Some("/opt/ext/hello/main.js".into()),
-//!         ..Default::default()
+//!         wait_ready: false,
+//!         options: HostOptions {
+//!             entry: Some("/opt/ext/hello/main.js".into()),
+//!             ..Default::default()
+//!         },
 //!     })
 //!     .await?;
 //! println!("{} is {} (pid {:?})", status.extension_id, status.state, status.pid);
@@ -63,18 +66,18 @@ use tokio_util::codec::FramedRead;
 
 use crate::lines::{BoundedLines, Line};
 use crate::protocol::names;
+pub use crate::protocol::params::StartParams;
 use crate::protocol::params::{
     IdParams, LogsParams, NoParams, RelayParams, RespondParams, StopParams, SubscribeParams,
 };
-pub use crate::protocol::params::{RestartParams, StartParams};
 pub use crate::protocol::results::{
     DeliveredResult, HostList, InfoResult, LogsResult, ReloadResult, RemovedResult, SentResult,
     ShutdownResult,
 };
-pub use crate::spawn::GroupUsage;
-pub use crate::supervisor::events::{EventKind, StateEvent};
-pub use crate::supervisor::logs::LogLine;
-pub use crate::supervisor::{HostStatus, HostUsage};
+pub use crate::protocol::{
+    EventKind, GroupUsage, HostState, HostStatus, HostUsage, LogLine, StateEvent,
+};
+pub use crate::protocol::{HostOptions, RestartOptions};
 
 /// Longest reply line the client reads: the daemon's own limit on one
 /// response (`MAX_RESPONSE_BYTES` in `rpc/transport.rs`, envelope included),
@@ -517,26 +520,20 @@ impl Client {
         self.typed(names::HOST_USAGE, &id_params(extension_id), identity)
     }
 
-    pub fn list(&self) -> Call<'_, Vec<HostStatus>, HostList<HostStatus>> {
-        self.typed(names::HOST_LIST, &NoParams {}, |l: HostList<HostStatus>| {
-            l.hosts
-        })
+    pub fn list(&self) -> Call<'_, Vec<HostStatus>, HostList> {
+        self.typed(names::HOST_LIST, &NoParams {}, |l: HostList| l.hosts)
     }
 
     pub fn remove(&self, extension_id: &str) -> Call<'_, (), RemovedResult> {
         self.typed(names::HOST_REMOVE, &id_params(extension_id), drop)
     }
 
-    pub fn logs(
-        &self,
-        extension_id: &str,
-        lines: usize,
-    ) -> Call<'_, Vec<LogLine>, LogsResult<LogLine>> {
+    pub fn logs(&self, extension_id: &str, lines: usize) -> Call<'_, Vec<LogLine>, LogsResult> {
         let p = LogsParams {
             extension_id: extension_id.to_string(),
             lines: Some(lines),
         };
-        self.typed(names::HOST_LOGS, &p, |l: LogsResult<LogLine>| l.lines)
+        self.typed(names::HOST_LOGS, &p, |l: LogsResult| l.lines)
     }
 
     /// `host.request`: relay a request of type `kind` to the host and return

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::supervisor::{RestartPolicy, StartRequest, validate_extension_id};
+use crate::protocol::HostOptions;
+use crate::protocol::options::{Keys, read_options};
+use crate::supervisor::{RestartPolicy, validate_extension_id};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -63,89 +65,64 @@ impl RestartConfig {
     }
 }
 
-/// Per-host restart overrides in a `[[host]]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostRestartConfig {
-    pub max_attempts: Option<u32>,
-    pub backoff_ms: Option<u64>,
-    pub max_backoff_ms: Option<u64>,
-    pub stable_after_ms: Option<u64>,
-}
-
-/// A host declared in the config (`[[host]]`), like a supervisord program.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A host declared in the config (`[[host]]`), like a supervisord program:
+/// its id, whether it starts with the daemon, and its options, spelt in
+/// snake_case (`stop_timeout_ms`, `[host.restart]`); `entry` is required.
+#[derive(Debug, Clone, PartialEq)]
 pub struct HostConfig {
     pub extension_id: String,
-    pub entry: PathBuf,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub cwd: Option<PathBuf>,
     /// Start when the daemon starts (and when a reload first declares it).
-    #[serde(default)]
     pub autostart: bool,
-    #[serde(default)]
-    pub restart: HostRestartConfig,
-    pub stop_timeout_ms: Option<u64>,
-    pub ready_timeout_ms: Option<u64>,
-    pub heartbeat_interval_ms: Option<u64>,
-    pub heartbeat_timeout_ms: Option<u64>,
-    /// This host's cgroup memory limit in MiB (overrides
-    /// `sandbox.memory_max_mb`).
-    pub memory_max_mb: Option<u64>,
-    /// This host's CPU limit, percent of one CPU (overrides
-    /// `sandbox.cpu_max_percent`).
-    pub cpu_max_percent: Option<u32>,
-    /// Answer `get-extensions-dir` with this directory.
-    pub extensions_dir: Option<PathBuf>,
-    /// Root of `get-extension-storage`'s directories (default: the host's
-    /// private storage directory).
-    pub storage_dir: Option<PathBuf>,
-    /// Directories this host may write besides its own.
-    #[serde(default)]
-    pub writable_paths: Vec<PathBuf>,
-    /// The daemon's variables passed to this host by name.
-    #[serde(default)]
-    pub pass_env: Vec<String>,
-    /// Payloads the daemon answers host requests with, by type.
-    #[serde(default)]
-    pub static_answers: BTreeMap<String, serde_json::Value>,
-    /// This host's output limits (default: the daemon's).
-    pub log_rate_lines: Option<u64>,
-    pub log_rate_bytes: Option<u64>,
+    pub options: HostOptions,
 }
 
-impl HostConfig {
-    /// The `host.start` request this declaration amounts to.
-    pub fn start_request(&self) -> StartRequest {
-        let ms = |v: Option<u64>| v.map(Duration::from_millis);
-        StartRequest {
-            extension_id: self.extension_id.clone(),
-            entry: Some(self.entry.clone()),
-            args: Some(self.args.clone()),
-            env: Some(self.env.clone()),
-            cwd: self.cwd.clone(),
-            max_attempts: self.restart.max_attempts,
-            backoff: ms(self.restart.backoff_ms),
-            max_backoff: ms(self.restart.max_backoff_ms),
-            stable_after: ms(self.restart.stable_after_ms),
-            stop_timeout: ms(self.stop_timeout_ms),
-            ready_timeout: ms(self.ready_timeout_ms),
-            heartbeat_interval: ms(self.heartbeat_interval_ms),
-            heartbeat_timeout: ms(self.heartbeat_timeout_ms),
-            memory_max: self.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
-            cpu_max_percent: self.cpu_max_percent,
-            extensions_dir: self.extensions_dir.clone(),
-            storage_dir: self.storage_dir.clone(),
-            writable_paths: Some(self.writable_paths.clone()),
-            pass_env: Some(self.pass_env.clone()),
-            static_answers: Some(self.static_answers.clone()),
-            log_rate_lines: self.log_rate_lines,
-            log_rate_bytes: self.log_rate_bytes,
+impl<'de> Deserialize<'de> for HostConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(HostConfigVisitor)
+    }
+}
+
+struct HostConfigVisitor;
+
+impl<'de> serde::de::Visitor<'de> for HostConfigVisitor {
+    type Value = HostConfig;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a [[host]] table")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<HostConfig, A::Error> {
+        use serde::de::Error;
+        let mut extension_id = None;
+        let mut autostart = None;
+        let options = read_options(
+            map,
+            Keys::Snake,
+            &["extension_id", "autostart"],
+            |i, map: &mut A| {
+                if i == 0 {
+                    if extension_id.is_some() {
+                        return Err(A::Error::duplicate_field("extension_id"));
+                    }
+                    extension_id = Some(map.next_value()?);
+                } else {
+                    if autostart.is_some() {
+                        return Err(A::Error::duplicate_field("autostart"));
+                    }
+                    autostart = Some(map.next_value()?);
+                }
+                Ok(())
+            },
+        )?;
+        let extension_id = extension_id.ok_or_else(|| A::Error::missing_field("extension_id"))?;
+        if options.entry.is_none() {
+            return Err(A::Error::missing_field("entry"));
         }
+        Ok(HostConfig {
+            extension_id,
+            autostart: autostart.unwrap_or(false),
+            options,
+        })
     }
 }
 
@@ -500,21 +477,30 @@ impl Config {
                 Some(("host.extension_id", format!("{id:?}: {e}")))
             } else if !seen.insert(id.as_str()) {
                 Some(("host.extension_id", format!("{id:?} is declared twice")))
-            } else if !h.entry.is_absolute() {
+            } else if let Some(entry) = h.options.entry.as_deref()
+                && !entry.is_absolute()
+            {
                 Some((
                     "host.entry",
-                    format!("{} (host {id}) must be an absolute path", h.entry.display()),
+                    format!("{} (host {id}) must be an absolute path", entry.display()),
                 ))
             } else if h
+                .options
                 .env
-                .keys()
+                .iter()
+                .flat_map(|env| env.keys())
                 .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
             {
                 Some((
                     "host.env",
                     format!("host {id}: keys must be non-empty, without '=' or NUL"),
                 ))
-            } else if let Err(e) = crate::supervisor::static_answers(&h.static_answers) {
+            } else if let Some(Err(e)) = h
+                .options
+                .static_answers
+                .as_ref()
+                .map(crate::supervisor::static_answers)
+            {
                 Some(("host.static_answers", format!("host {id}: {e}")))
             } else {
                 None
@@ -660,12 +646,10 @@ mod tests {
         let c = Config::parse(text, Path::new("c")).unwrap();
         assert_eq!(c.host.len(), 1);
         assert!(c.host[0].autostart);
-        assert_eq!(
-            c.host[0].start_request().backoff,
-            Some(Duration::from_millis(20))
-        );
-        assert_eq!(c.host[0].start_request().memory_max, Some(512 << 20));
-        assert_eq!(c.host[0].start_request().cpu_max_percent, Some(150));
+        let options = &c.host[0].options;
+        assert_eq!(options.restart.as_ref().unwrap().backoff_ms, Some(20));
+        assert_eq!(options.memory_max_mb, Some(512));
+        assert_eq!(options.cpu_max_percent, Some(150));
         let bad = "[[host]]\nextension_id = \"a..b\"\nentry = \"/x/a.js\"\n";
         let e = Config::parse(bad, Path::new("c")).unwrap_err().to_string();
         assert!(e.contains("host.extension_id"), "{e}");

@@ -422,8 +422,9 @@ impl Prepared {
     }
 }
 
-/// What `daemon.info` reports about the kernel's support.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What the kernel supports (`daemon.info` reports it, in
+/// `crate::protocol::SandboxInfo`).
+#[derive(Debug, Clone)]
 pub struct Support {
     pub landlock: String,
     pub seccomp: String,

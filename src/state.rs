@@ -25,57 +25,7 @@
 //! request forces `Stopping` from every state but `Stopped`
 //! ([`is_forced_stop`]).
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-/// Lifecycle state of one extension host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HostState {
-    Stopped,
-    Starting,
-    Running,
-    Unhealthy,
-    Restarting,
-    Stopping,
-    Crashed,
-}
-
-impl HostState {
-    pub const ALL: [HostState; 7] = [
-        HostState::Stopped,
-        HostState::Starting,
-        HostState::Running,
-        HostState::Unhealthy,
-        HostState::Restarting,
-        HostState::Stopping,
-        HostState::Crashed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HostState::Stopped => "stopped",
-            HostState::Starting => "starting",
-            HostState::Running => "running",
-            HostState::Unhealthy => "unhealthy",
-            HostState::Restarting => "restarting",
-            HostState::Stopping => "stopping",
-            HostState::Crashed => "crashed",
-        }
-    }
-
-    /// States from which a host may be started again or removed.
-    pub fn is_at_rest(self) -> bool {
-        matches!(self, HostState::Stopped | HostState::Crashed)
-    }
-}
-
-impl fmt::Display for HostState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::protocol::HostState;
 
 /// What happened to a host. The actor turns events into inputs; [`step`]
 /// turns an input and the current state into the next state.

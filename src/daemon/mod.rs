@@ -120,8 +120,8 @@ pub fn prepare_process() {
 /// What start-up found before serving.
 struct Started {
     roots: CgroupRoots,
-    sandbox: Option<serde_json::Value>,
-    recovered: Vec<crate::supervisor::records::Recovered>,
+    sandbox: Option<crate::protocol::SandboxInfo>,
+    recovered: Vec<crate::protocol::Recovered>,
 }
 
 /// Start-up before any client is served: the state directory, the probes,
@@ -375,7 +375,7 @@ async fn apply_hosts(
     let mut report = rpc::methods::ReloadReport::default();
     let mut starts = tokio::task::JoinSet::new();
     for h in hosts {
-        let declared = match supervisor.declare(h.start_request()).await {
+        let declared = match supervisor.declare(&h.extension_id, &h.options).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(extension_id = %h.extension_id, error = %e, "cannot declare host");
@@ -394,13 +394,7 @@ async fn apply_hosts(
             let sup = supervisor.clone();
             let id = h.extension_id.clone();
             starts.spawn(async move {
-                sup.start(crate::supervisor::StartRequest {
-                    extension_id: id.clone(),
-                    ..Default::default()
-                })
-                .await
-                .err()
-                .map(|e| {
+                sup.start(&id, &Default::default()).await.err().map(|e| {
                     tracing::error!(extension_id = %id, error = %e, "autostart failed");
                     rpc::methods::HostFailure {
                         extension_id: id,

@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use super::settings::SandboxSettings;
+use crate::protocol::SandboxInfo;
+#[cfg(target_os = "linux")]
+use crate::protocol::{CpuLimitInfo, MemoryLimitInfo};
 use crate::supervisor::CgroupRoots;
 
 /// Where host cgroups go, when `sandbox.cgroup = "auto"`: a writable
@@ -70,7 +73,7 @@ fn limit_via(roots: &CgroupRoots, controller: &str) -> &'static str {
 pub fn sandbox_support(
     sandbox: &SandboxSettings,
     roots: &CgroupRoots,
-) -> anyhow::Result<Option<serde_json::Value>> {
+) -> anyhow::Result<Option<SandboxInfo>> {
     let s = crate::sandbox::support();
     if sandbox.profile == crate::config::SandboxProfile::Off {
         tracing::warn!(
@@ -92,46 +95,44 @@ pub fn sandbox_support(
              to run them as an unprivileged user, set run_as = \"nobody\" (or a dedicated user) under [sandbox]"
         );
     }
-    let mut v = serde_json::to_value(&s)?;
-    v["cgroup"] = serde_json::json!(match &roots.v2 {
-        Some(r) => r.display().to_string(),
-        None => "unavailable".to_string(),
-    });
-    for (key, controller, default) in [
-        (
-            "memoryLimit",
-            "memory",
-            sandbox.memory_max_mb.map(|mb| mb.to_string()),
-        ),
-        (
-            "cpuLimit",
-            "cpu",
-            sandbox.cpu_max_percent.map(|p| format!("{p}%")),
-        ),
-    ] {
+    let via = |controller: &str, default_set: bool| {
         let via = limit_via(roots, controller);
-        if via == "unavailable" && default.is_some() {
+        if via == "unavailable" && default_set {
             tracing::warn!(
                 controller,
                 "a default {controller} limit is set but no writable {controller} controller exists: it is not enforced"
             );
         }
-        v[key] = serde_json::json!({ "via": via });
-    }
-    v["memoryLimit"]["mb"] = serde_json::json!(sandbox.memory_max_mb);
-    v["cpuLimit"]["percent"] = serde_json::json!(sandbox.cpu_max_percent);
-    v["profile"] = serde_json::json!(match sandbox.profile {
-        crate::config::SandboxProfile::Default => "default",
-        crate::config::SandboxProfile::Off => "off",
-        crate::config::SandboxProfile::Strict => "strict",
-    });
-    Ok(Some(v))
+        via.to_string()
+    };
+    Ok(Some(SandboxInfo {
+        cgroup: match &roots.v2 {
+            Some(r) => r.display().to_string(),
+            None => "unavailable".to_string(),
+        },
+        memory_limit: MemoryLimitInfo {
+            via: via("memory", sandbox.memory_max_mb.is_some()),
+            mb: sandbox.memory_max_mb,
+        },
+        cpu_limit: CpuLimitInfo {
+            via: via("cpu", sandbox.cpu_max_percent.is_some()),
+            percent: sandbox.cpu_max_percent,
+        },
+        landlock: s.landlock,
+        profile: match sandbox.profile {
+            crate::config::SandboxProfile::Default => "default",
+            crate::config::SandboxProfile::Off => "off",
+            crate::config::SandboxProfile::Strict => "strict",
+        }
+        .to_string(),
+        seccomp: s.seccomp,
+    }))
 }
 
 #[cfg(not(target_os = "linux"))]
 pub fn sandbox_support(
     _sandbox: &SandboxSettings,
     _roots: &CgroupRoots,
-) -> anyhow::Result<Option<serde_json::Value>> {
+) -> anyhow::Result<Option<SandboxInfo>> {
     Ok(None)
 }

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -35,6 +34,8 @@ use frame::{Frame, FrameCodec};
 pub use frame::{FrameError, Message};
 use transport::Stream;
 pub use transport::ipc_paths;
+
+use crate::protocol::IpcCounts;
 
 /// The host's readiness request.
 pub const READY: &str = "extension-host-ready";
@@ -97,20 +98,6 @@ pub struct Counters {
     host_requests: AtomicU64,
     host_requests_refused: AtomicU64,
     partials_dropped: AtomicU64,
-}
-
-/// A copy of [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IpcCounts {
-    /// Frames over `ipc_max_message_bytes`, skipped unread.
-    pub oversize_frames: u64,
-    /// Requests the host sent to the daemon or an editor.
-    pub host_requests: u64,
-    /// Of those, refused at once because the host's queue was full.
-    pub host_requests_refused: u64,
-    /// `-partial` replies not forwarded (the requesting client was too far behind).
-    pub partials_dropped: u64,
 }
 
 impl Counters {

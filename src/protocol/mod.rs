@@ -8,20 +8,30 @@
 //! [`names`]. `proto-docs/control-protocol.md` is the prose reference,
 //! `proto-docs/openrpc.json` the machine-readable one.
 //!
-//! Not here yet: a host's status, its usage, state events and log lines are
-//! still defined by the supervisor (they move here once the supervisor is
-//! split); [`results`] is generic over them meanwhile.
+//! Lower layers (`supervisor`, `spawn`, `ipc`) fill these types too: they
+//! are the shared vocabulary, and this module depends on nothing of the
+//! crate. The daemon ↔ host protocol (`proto-docs/ext-host-protocol.md`) is
+//! a different one; its frames are `crate::ipc::frame`'s.
 
 pub mod codes;
+pub mod events;
 pub mod names;
+pub mod options;
 pub mod params;
 pub mod results;
+pub mod status;
 
+pub use events::{EventKind, HostMessage, LogLine, StateEvent, Stream};
+pub use options::{HostOptions, RestartOptions};
 pub use params::{
-    IdParams, LogsParams, NoParams, RelayParams, RespondParams, RestartParams, StartParams,
-    StopParams, SubscribeParams,
+    IdParams, LogsParams, NoParams, RelayParams, RespondParams, StartParams, StopParams,
+    SubscribeParams,
 };
 pub use results::{
-    DeliveredResult, HostFailure, HostList, InfoResult, Lagged, LogEvent, LogsResult, Partial,
-    ReloadResult, RemovedResult, SentResult, ShutdownResult,
+    CpuLimitInfo, DeliveredResult, HostFailure, HostList, InfoResult, Lagged, LogEvent, LogsResult,
+    MemoryLimitInfo, Partial, Recovered, ReloadResult, RemovedResult, SandboxInfo, SentResult,
+    ShutdownResult,
+};
+pub use status::{
+    GroupUsage, HostState, HostStatus, HostUsage, IpcCounts, LastExit, RestartBudget,
 };

@@ -5,87 +5,73 @@
 //! that names it rather than a silently ignored value; absent optional
 //! fields are left out when written.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-
+use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+use super::options::{HostOptions, Keys, read_options};
 
 /// `daemon.*`, `host.list`, `rpc.discover`: no params (`{}`).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NoParams {}
 
-/// Restart-policy overrides of `host.start`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RestartParams {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backoff_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_backoff_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stable_after_ms: Option<u64>,
-}
-
-/// `host.start`'s params. Also what the Rust client sends.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// `host.start`'s params: the host, whether to wait for its handshake, and
+/// its options beside them in the same object. Also what the Rust client
+/// sends.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct StartParams {
     pub extension_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub entry: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub args: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub restart: Option<RestartParams>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop_timeout_ms: Option<u64>,
     /// Return only once the host has completed the IPC handshake.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub wait_ready: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ready_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_interval_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_timeout_ms: Option<u64>,
-    /// This host's cgroup memory limit in MiB (overrides
-    /// `sandbox.memory_max_mb`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory_max_mb: Option<u64>,
-    /// This host's CPU limit, percent of one CPU (overrides
-    /// `sandbox.cpu_max_percent`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu_max_percent: Option<u32>,
-    /// The daemon answers the host's `get-extensions-dir` with this.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub extensions_dir: Option<PathBuf>,
-    /// Root of the directories `get-extension-storage` answers with
-    /// (default: the host's private storage directory).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub storage_dir: Option<PathBuf>,
-    /// Directories this host may write besides its own (sandbox).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub writable_paths: Option<Vec<PathBuf>>,
-    /// Variables of the daemon's environment passed through by name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pass_env: Option<Vec<String>>,
-    /// Payloads the daemon answers host requests with, by message type.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
-    /// This host's output limit, lines a second (0: none), overriding
-    /// `log_rate_lines`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_rate_lines: Option<u64>,
-    /// The same in bytes a second, overriding `log_rate_bytes`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_rate_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub options: HostOptions,
+}
+
+impl<'de> Deserialize<'de> for StartParams {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(StartVisitor)
+    }
+}
+
+struct StartVisitor;
+
+impl<'de> Visitor<'de> for StartVisitor {
+    type Value = StartParams;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("struct StartParams")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StartParams, A::Error> {
+        let mut extension_id = None;
+        let mut wait_ready = None;
+        let options = read_options(
+            map,
+            Keys::Camel,
+            &["extensionId", "waitReady"],
+            |i, map: &mut A| {
+                if i == 0 {
+                    if extension_id.is_some() {
+                        return Err(de::Error::duplicate_field("extensionId"));
+                    }
+                    extension_id = Some(map.next_value()?);
+                } else {
+                    if wait_ready.is_some() {
+                        return Err(de::Error::duplicate_field("waitReady"));
+                    }
+                    wait_ready = Some(map.next_value()?);
+                }
+                Ok(())
+            },
+        )?;
+        Ok(StartParams {
+            extension_id: extension_id.ok_or_else(|| de::Error::missing_field("extensionId"))?,
+            wait_ready: wait_ready.unwrap_or(false),
+            options,
+        })
+    }
 }
 
 /// `host.request` / `host.send`.

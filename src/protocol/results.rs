@@ -1,20 +1,17 @@
-//! Results and notification payloads the RPC layer defines itself.
-//!
-//! Shapes that carry the supervisor's own types (a host's status, a log
-//! line, a recovered host's record) are generic over them here, so this
-//! module needs nothing but serde: the daemon fills them with its types, a
-//! client reads them into its own (or into `serde_json::Value`).
+//! Method results and the payloads of `host.log` and `host.partial`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// `daemon.info`: facts about the daemon. `R` is a host recovered from a
-/// predecessor that died.
+use super::events::LogLine;
+use super::status::HostStatus;
+
+/// `daemon.info`: facts about the daemon.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InfoResult<R = serde_json::Value> {
+pub struct InfoResult {
     pub version: String,
     pub protocol_version: u32,
     pub pid: u32,
@@ -26,24 +23,73 @@ pub struct InfoResult<R = serde_json::Value> {
     pub hosts_by_state: BTreeMap<String, usize>,
     pub config_path: Option<String>,
     pub last_reload_error: Option<String>,
-    /// What the kernel supports of the sandbox.
-    pub sandbox: Option<serde_json::Value>,
-    pub recovered: Vec<R>,
+    /// What the kernel gives hosts of the sandbox (Linux; `null` elsewhere).
+    pub sandbox: Option<SandboxInfo>,
+    /// Hosts a predecessor that died left running.
+    pub recovered: Vec<Recovered>,
+}
+
+/// `daemon.info`'s `sandbox`. (Fields in alphabetical order: the order the
+/// reply has always had on the wire.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    /// The cgroup2 directory of host cgroups, or `"unavailable"`.
+    pub cgroup: String,
+    pub cpu_limit: CpuLimitInfo,
+    /// `"v<ABI>"` or `"unsupported"`.
+    pub landlock: String,
+    pub memory_limit: MemoryLimitInfo,
+    /// `default`, `strict` or `off`.
+    pub profile: String,
+    /// `supported` or `unsupported`.
+    pub seccomp: String,
+}
+
+/// The daemon's default memory limit and how limits are enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryLimitInfo {
+    /// `sandbox.memory_max_mb`.
+    pub mb: Option<u64>,
+    /// `cgroup2`, `cgroup1` or `unavailable`.
+    pub via: String,
+}
+
+/// The daemon's default CPU limit and how limits are enforced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuLimitInfo {
+    /// `sandbox.cpu_max_percent`.
+    pub percent: Option<u32>,
+    /// `cgroup2`, `cgroup1` or `unavailable`.
+    pub via: String,
+}
+
+/// A host the previous daemon left running when it died (`daemon.info`
+/// `recovered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovered {
+    pub extension_id: String,
+    pub pid: i32,
+    /// Something of it was still running and was killed.
+    pub reaped: bool,
+    /// What was killed, or why nothing was.
+    pub detail: String,
 }
 
 /// The protocol version `daemon.info` reports.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// `host.list`: `H` is a host's status.
+/// `host.list`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HostList<H> {
-    pub hosts: Vec<H>,
+pub struct HostList {
+    pub hosts: Vec<HostStatus>,
 }
 
-/// `host.logs`: `L` is one output line.
+/// `host.logs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogsResult<L> {
-    pub lines: Vec<L>,
+pub struct LogsResult {
+    pub lines: Vec<LogLine>,
 }
 
 /// `daemon.shutdown`: `{"ok": true}`.
@@ -93,20 +139,20 @@ pub struct ReloadResult {
     pub ok: bool,
 }
 
-/// The result of one `host.log` notification: a line (`L`, flattened) or,
-/// once before the subscription ends, how many lines were missed.
+/// The result of one `host.log` notification: a line (flattened) or, once
+/// before the subscription ends, how many lines were missed.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct LogEvent<'a, L> {
+pub struct LogEvent<'a> {
     pub extension_id: &'a str,
     #[serde(flatten)]
-    pub line: Option<&'a L>,
+    pub line: Option<&'a LogLine>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lagged: Option<u64>,
 }
 
-impl<'a, L> LogEvent<'a, L> {
-    pub fn line(extension_id: &'a str, line: &'a L) -> Self {
+impl<'a> LogEvent<'a> {
+    pub fn line(extension_id: &'a str, line: &'a LogLine) -> Self {
         LogEvent {
             extension_id,
             line: Some(line),

@@ -22,12 +22,10 @@ use crate::protocol::results::{
     DeliveredResult, HostList, InfoResult, Lagged, LogEvent, LogsResult, PROTOCOL_VERSION, Partial,
     ReloadResult, RemovedResult, SentResult, ShutdownResult,
 };
-use crate::protocol::{codes, params};
-use crate::supervisor::events::{BusEvent, StateEvent, filter_matches};
-use crate::supervisor::logs::LogLine;
+use crate::protocol::{LogLine, Recovered, codes, params};
+use crate::supervisor::events::{self, BusEvent, filter_matches};
 use crate::supervisor::messages::HubMessage;
-use crate::supervisor::records::Recovered;
-use crate::supervisor::{StartRequest, Supervisor, SupervisorError};
+use crate::supervisor::{Supervisor, SupervisorError};
 
 /// Facts about this daemon for `daemon.info`.
 #[derive(Debug, Clone)]
@@ -37,7 +35,7 @@ pub struct DaemonInfo {
     pub started: Instant,
     pub socket: PathBuf,
     /// The hosts a previous daemon left behind when it died.
-    pub recovered: Vec<crate::supervisor::records::Recovered>,
+    pub recovered: Vec<Recovered>,
 }
 
 pub use crate::protocol::HostFailure;
@@ -74,7 +72,7 @@ pub struct DaemonState {
     pub config_path: Option<PathBuf>,
     pub last_reload_error: Mutex<Option<String>>,
     /// What the kernel supports of the sandbox, probed at start-up.
-    pub sandbox: Option<serde_json::Value>,
+    pub sandbox: Option<crate::protocol::SandboxInfo>,
 }
 
 /// What every handler can reach.
@@ -196,38 +194,6 @@ fn bounded_ms(field: &str, v: Option<u64>) -> Result<(), ErrorObjectOwned> {
     }
 }
 
-fn ms(v: Option<u64>) -> Option<Duration> {
-    v.map(Duration::from_millis)
-}
-
-fn start_request(p: params::StartParams) -> StartRequest {
-    let r = p.restart.unwrap_or_default();
-    StartRequest {
-        extension_id: p.extension_id,
-        entry: p.entry,
-        args: p.args,
-        env: p.env,
-        cwd: p.cwd,
-        max_attempts: r.max_attempts,
-        backoff: ms(r.backoff_ms),
-        max_backoff: ms(r.max_backoff_ms),
-        stable_after: ms(r.stable_after_ms),
-        stop_timeout: ms(p.stop_timeout_ms),
-        ready_timeout: ms(p.ready_timeout_ms),
-        heartbeat_interval: ms(p.heartbeat_interval_ms),
-        heartbeat_timeout: ms(p.heartbeat_timeout_ms),
-        memory_max: p.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20)),
-        cpu_max_percent: p.cpu_max_percent,
-        extensions_dir: p.extensions_dir,
-        storage_dir: p.storage_dir,
-        writable_paths: p.writable_paths,
-        pass_env: p.pass_env,
-        static_answers: p.static_answers,
-        log_rate_lines: p.log_rate_lines,
-        log_rate_bytes: p.log_rate_bytes,
-    }
-}
-
 /// The OpenRPC document of this protocol, served by `rpc.discover`.
 pub const OPENRPC: &str = include_str!("../../proto-docs/openrpc.json");
 
@@ -245,40 +211,37 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         Ok(openrpc.clone())
     })
     .expect("unique method name");
-    m.register_method(
-        names::DAEMON_INFO,
-        |p, ctx, _| -> RpcResult<InfoResult<Recovered>> {
-            parse::<params::NoParams>(&p)?;
-            let hosts = ctx.supervisor.list();
-            let mut by_state = BTreeMap::new();
-            for h in &hosts {
-                *by_state.entry(h.state.as_str().to_string()).or_insert(0) += 1;
-            }
-            Ok(InfoResult {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                protocol_version: PROTOCOL_VERSION,
-                pid: ctx.info.pid,
-                started_at: crate::time::rfc3339(ctx.info.started_at),
-                uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
-                socket: ctx.info.socket.display().to_string(),
-                hosts: hosts.len(),
-                hosts_by_state: by_state,
-                config_path: ctx
-                    .state
-                    .config_path
-                    .as_ref()
-                    .map(|p| p.display().to_string()),
-                last_reload_error: ctx
-                    .state
-                    .last_reload_error
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-                sandbox: ctx.state.sandbox.clone(),
-                recovered: ctx.info.recovered.clone(),
-            })
-        },
-    )
+    m.register_method(names::DAEMON_INFO, |p, ctx, _| -> RpcResult<InfoResult> {
+        parse::<params::NoParams>(&p)?;
+        let hosts = ctx.supervisor.list();
+        let mut by_state = BTreeMap::new();
+        for h in &hosts {
+            *by_state.entry(h.state.as_str().to_string()).or_insert(0) += 1;
+        }
+        Ok(InfoResult {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            pid: ctx.info.pid,
+            started_at: crate::time::rfc3339(ctx.info.started_at),
+            uptime_ms: crate::time::millis(ctx.info.started.elapsed()),
+            socket: ctx.info.socket.display().to_string(),
+            hosts: hosts.len(),
+            hosts_by_state: by_state,
+            config_path: ctx
+                .state
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            last_reload_error: ctx
+                .state
+                .last_reload_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            sandbox: ctx.state.sandbox.clone(),
+            recovered: ctx.info.recovered.clone(),
+        })
+    })
     .expect("unique method name");
     m.register_method(names::DAEMON_SHUTDOWN, |p, ctx, _| -> RpcResult<_> {
         parse::<params::NoParams>(&p)?;
@@ -308,9 +271,8 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
     .expect("unique method name");
     m.register_async_method(names::HOST_START, |p, ctx, _| async move {
         let p: params::StartParams = parse(&p)?;
-        let wait = p.wait_ready;
         ctx.supervisor
-            .start_and_wait(start_request(p), wait)
+            .start_and_wait(&p.extension_id, &p.options, p.wait_ready)
             .await
             .map_err(ErrorObjectOwned::from)
     })
@@ -367,7 +329,7 @@ pub fn build_module(ctx: RpcContext) -> RpcModule<RpcContext> {
         let p: params::StopParams = parse(&p)?;
         bounded_ms("timeoutMs", p.timeout_ms)?;
         ctx.supervisor
-            .stop(&p.extension_id, ms(p.timeout_ms))
+            .stop(&p.extension_id, p.timeout_ms.map(Duration::from_millis))
             .await
             .map_err(ErrorObjectOwned::from)
     })
@@ -473,7 +435,7 @@ async fn subscribe(
                 filter_matches(&filter, &ev.extension_id).then(|| ev.json.clone())
             },
             lagged: move |missed| {
-                subscriptions::to_raw(&StateEvent::lagged(supervisor.current_seq(), missed))
+                subscriptions::to_raw(&events::lagged(supervisor.current_seq(), missed))
             },
         },
     )
@@ -510,7 +472,7 @@ async fn subscribe_logs(
             }),
             rx,
             render,
-            lagged: move |missed| subscriptions::to_raw(&LogEvent::<LogLine>::lagged(&id, missed)),
+            lagged: move |missed| subscriptions::to_raw(&LogEvent::lagged(&id, missed)),
         },
     )
 }

@@ -278,19 +278,6 @@ pub enum StopSignal {
     Kill,
 }
 
-/// What a host's processes use right now, summed over its process group.
-/// A field the platform cannot tell is `None`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GroupUsage {
-    /// Live (non-zombie) processes.
-    pub processes: u32,
-    /// Resident memory, bytes.
-    pub rss_bytes: Option<u64>,
-    /// User plus system CPU time, milliseconds.
-    pub cpu_ms: Option<u64>,
-}
-
 /// The fields of `/proc/<pid>/stat` that usage needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatUsage {

@@ -60,13 +60,13 @@ pub struct UsageProbe {
 impl UsageProbe {
     /// What the group's live processes use now (one `/proc` scan on Linux;
     /// elsewhere only that the group exists). Blocking.
-    pub fn read(self) -> io::Result<super::GroupUsage> {
+    pub fn read(self) -> io::Result<crate::protocol::GroupUsage> {
         group_usage(self.pgid)
     }
 }
 
 #[cfg(target_os = "linux")]
-fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
+fn group_usage(pgid: i32) -> io::Result<crate::protocol::GroupUsage> {
     use nix::unistd::{SysconfVar, sysconf};
     let ticks = sysconf(SysconfVar::CLK_TCK)
         .ok()
@@ -100,7 +100,7 @@ fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
             rss_pages += u.rss_pages;
         }
     }
-    Ok(super::GroupUsage {
+    Ok(crate::protocol::GroupUsage {
         processes,
         rss_bytes: Some(rss_pages * page),
         cpu_ms: Some(cpu_ticks * 1000 / ticks),
@@ -108,8 +108,8 @@ fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn group_usage(pgid: i32) -> io::Result<super::GroupUsage> {
-    Ok(super::GroupUsage {
+fn group_usage(pgid: i32) -> io::Result<crate::protocol::GroupUsage> {
+    Ok(crate::protocol::GroupUsage {
         processes: u32::from(group_alive(pgid)),
         rss_bytes: None,
         cpu_ms: None,

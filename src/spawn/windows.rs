@@ -130,11 +130,11 @@ pub struct UsageProbe {
 impl UsageProbe {
     /// What the job's processes use: their count and CPU time (the job
     /// does not report current memory).
-    pub fn read(self) -> io::Result<super::GroupUsage> {
+    pub fn read(self) -> io::Result<crate::protocol::GroupUsage> {
         let info = accounting(&self.job)?;
         // 100 ns units.
         let cpu = (info.TotalUserTime + info.TotalKernelTime).max(0) as u64 / 10_000;
-        Ok(super::GroupUsage {
+        Ok(crate::protocol::GroupUsage {
             processes: info.ActiveProcesses,
             rss_bytes: None,
             cpu_ms: Some(cpu),

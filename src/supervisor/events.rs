@@ -8,86 +8,54 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
-use super::HostStatus;
-use crate::state::HostState;
+use crate::protocol::{EventKind, HostState, HostStatus, StateEvent};
 
 /// How many events a subscriber may fall behind before it is told it lagged.
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
-/// What an event says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EventKind {
-    /// The state of one host when the subscription began.
-    Snapshot,
-    /// A state change.
-    Transition,
-    /// The host completed the IPC handshake (state stays `running`).
-    Ready,
-    /// The host was removed from the daemon.
-    Removed,
-    /// The subscriber fell behind; its subscription ends with this event.
-    Lagged,
+/// A host's status with what its wire copy cannot carry: the instant its
+/// current process started, from which `uptimeMs` is computed whenever the
+/// status is read.
+#[derive(Debug, Clone)]
+pub struct LiveStatus {
+    pub status: HostStatus,
+    pub started: Option<Instant>,
 }
 
-/// One event as subscribers receive it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateEvent {
-    pub kind: EventKind,
-    pub seq: u64,
-    pub extension_id: Option<String>,
-    pub from: Option<HostState>,
-    pub to: Option<HostState>,
-    pub generation: Option<u64>,
-    pub pid: Option<u32>,
-    pub reason: String,
-    pub at: String,
-    pub status: Option<HostStatus>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub missed: Option<u64>,
+impl LiveStatus {
+    /// The status with `uptime_ms` computed for now.
+    pub fn now(&self) -> HostStatus {
+        let mut s = self.status.clone();
+        s.uptime_ms = self.started.map(|t| crate::time::millis(t.elapsed()));
+        s
+    }
 }
 
-impl StateEvent {
-    fn about(kind: EventKind, seq: u64, status: HostStatus, reason: String) -> Self {
-        StateEvent {
-            kind,
-            seq,
-            extension_id: Some(status.extension_id.clone()),
-            from: None,
-            to: Some(status.state),
-            generation: Some(status.generation),
-            pid: status.pid,
-            reason,
-            at: crate::time::rfc3339_now(),
-            status: Some(status),
-            missed: None,
-        }
+/// An event about one host, `seq` to be assigned.
+fn about(kind: EventKind, seq: u64, status: HostStatus, reason: String) -> StateEvent {
+    StateEvent {
+        kind,
+        seq,
+        extension_id: Some(status.extension_id.clone()),
+        from: None,
+        to: Some(status.state),
+        generation: Some(status.generation),
+        pid: status.pid,
+        reason,
+        at: crate::time::rfc3339_now(),
+        status: Some(status),
+        missed: None,
     }
+}
 
-    /// The event that ends a subscription that fell `missed` events behind.
-    pub fn lagged(seq: u64, missed: u64) -> Self {
-        StateEvent {
-            kind: EventKind::Lagged,
-            seq,
-            extension_id: None,
-            from: None,
-            to: None,
-            generation: None,
-            pid: None,
-            reason: format!(
-                "subscriber fell {missed} events behind; the subscription has ended, subscribe again"
-            ),
-            at: crate::time::rfc3339_now(),
-            status: None,
-            missed: Some(missed),
-        }
-    }
+/// The event that ends a subscription that fell `missed` events behind.
+pub fn lagged(seq: u64, missed: u64) -> StateEvent {
+    StateEvent::lagged(seq, missed, crate::time::rfc3339_now())
 }
 
 /// An event on the bus: serialized once, shared by every subscriber.
@@ -133,7 +101,7 @@ pub fn filter_matches(filter: &Filter, extension_id: &str) -> bool {
 
 struct Inner {
     seq: u64,
-    statuses: BTreeMap<String, HostStatus>,
+    statuses: BTreeMap<String, LiveStatus>,
 }
 
 /// See the module documentation.
@@ -176,7 +144,7 @@ impl EventBus {
     pub fn transition(
         &self,
         from: HostState,
-        status: HostStatus,
+        status: LiveStatus,
         reason: impl Into<String>,
     ) -> u64 {
         self.transition_failed(from, status, reason, None)
@@ -187,36 +155,44 @@ impl EventBus {
     pub fn transition_failed(
         &self,
         from: HostState,
-        status: HostStatus,
+        status: LiveStatus,
         reason: impl Into<String>,
         failure: Option<Failure>,
     ) -> u64 {
-        let mut event = StateEvent::about(EventKind::Transition, 0, status, reason.into());
+        let mut event = about(EventKind::Transition, 0, status.now(), reason.into());
         event.from = Some(from);
-        self.publish(event, true, failure)
+        self.publish(event, status.started, true, failure)
     }
 
     /// Record that a host became ready.
-    pub fn ready(&self, status: HostStatus) -> u64 {
-        let mut event = StateEvent::about(EventKind::Ready, 0, status, "ready".into());
+    pub fn ready(&self, status: LiveStatus) -> u64 {
+        let mut event = about(EventKind::Ready, 0, status.now(), "ready".into());
         event.from = event.to;
-        self.publish(event, true, None)
+        self.publish(event, status.started, true, None)
     }
 
     /// Record that a host was removed.
-    pub fn removed(&self, status: HostStatus) -> u64 {
-        let event = StateEvent::about(EventKind::Removed, 0, status, "removed".into());
-        self.publish(event, false, None)
+    pub fn removed(&self, status: LiveStatus) -> u64 {
+        let event = about(EventKind::Removed, 0, status.now(), "removed".into());
+        self.publish(event, status.started, false, None)
     }
 
-    fn publish(&self, mut event: StateEvent, keep: bool, failure: Option<Failure>) -> u64 {
+    fn publish(
+        &self,
+        mut event: StateEvent,
+        started: Option<Instant>,
+        keep: bool,
+        failure: Option<Failure>,
+    ) -> u64 {
         let mut inner = self.lock();
         inner.seq += 1;
         event.seq = inner.seq;
         let status = event.status.clone().expect("host events carry a status");
         let id = status.extension_id.clone();
         if keep {
-            inner.statuses.insert(id.clone(), status);
+            inner
+                .statuses
+                .insert(id.clone(), LiveStatus { status, started });
         } else {
             inner.statuses.remove(&id);
         }
@@ -232,25 +208,20 @@ impl EventBus {
     }
 
     /// Update a host's status without an event (budget reset, registration).
-    pub fn set_status(&self, status: HostStatus) {
+    pub fn set_status(&self, status: LiveStatus) {
         let mut inner = self.lock();
-        inner.statuses.insert(status.extension_id.clone(), status);
+        inner
+            .statuses
+            .insert(status.status.extension_id.clone(), status);
     }
 
     pub fn status(&self, extension_id: &str) -> Option<HostStatus> {
-        self.lock()
-            .statuses
-            .get(extension_id)
-            .map(HostStatus::with_uptime)
+        self.lock().statuses.get(extension_id).map(LiveStatus::now)
     }
 
     /// Every host, sorted by extension id.
     pub fn list(&self) -> Vec<HostStatus> {
-        self.lock()
-            .statuses
-            .values()
-            .map(HostStatus::with_uptime)
-            .collect()
+        self.lock().statuses.values().map(LiveStatus::now).collect()
     }
 
     /// The last seq assigned.
@@ -265,15 +236,8 @@ impl EventBus {
         let snapshot = inner
             .statuses
             .values()
-            .filter(|s| filter_matches(filter, &s.extension_id))
-            .map(|s| {
-                StateEvent::about(
-                    EventKind::Snapshot,
-                    inner.seq,
-                    s.with_uptime(),
-                    "snapshot".into(),
-                )
-            })
+            .filter(|s| filter_matches(filter, &s.status.extension_id))
+            .map(|s| about(EventKind::Snapshot, inner.seq, s.now(), "snapshot".into()))
             .collect();
         Subscription { snapshot, events }
     }

@@ -4,29 +4,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tokio::sync::broadcast;
 use tokio_util::codec::Decoder;
 
 use crate::lines::{BoundedLines, Line};
-
-/// Which pipe a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// One captured line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogLine {
-    pub stream: Stream,
-    pub text: String,
-    /// RFC 3339.
-    pub at: String,
-}
+pub use crate::protocol::{LogLine, Stream};
 
 /// How much output a host may produce: lines and bytes a second (0: no
 /// limit), with a burst of two seconds' worth.

@@ -14,12 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use super::events::{Filter, filter_matches};
 use crate::ipc::{Message, Replier};
+use crate::protocol::HostMessage;
 
 /// Messages a subscriber may fall behind before it is told it lagged.
 const MESSAGE_QUEUE: usize = 1024;
@@ -43,17 +43,6 @@ impl Default for HubLimits {
             max_bytes: 64 * 1024 * 1024,
         }
     }
-}
-
-/// One `host.message` notification's result.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HostMessage<'a> {
-    pub extension_id: &'a str,
-    pub id: &'a RawValue,
-    #[serde(rename = "type")]
-    pub kind: &'a str,
-    pub payload: &'a RawValue,
 }
 
 /// A host message on the hub: serialized once for every subscriber.

@@ -17,19 +17,17 @@ pub mod records;
 mod registry;
 mod settings;
 mod spec;
-mod status;
 
 pub use registry::{Registry, Supervisor};
 pub use settings::{CgroupRoots, SupervisorConfig, allowed_env};
 pub use spec::{
     Declared, HostSpec, IpcPolicy, MAX_CPU_PERCENT, MAX_ID_LEN, MAX_LOG_RATE, MAX_MEMORY_MB,
-    MAX_SETTING_MS, RestartPolicy, STATIC_ANSWER_MAX_BYTES, STATIC_ANSWERS_MAX, StartRequest,
-    build_spec, static_answers, validate_extension_id,
+    MAX_SETTING_MS, RestartPolicy, STATIC_ANSWER_MAX_BYTES, STATIC_ANSWERS_MAX, build_spec,
+    static_answers, validate_extension_id,
 };
-pub use status::{HostStatus, HostUsage, LastExit, RestartBudget};
 
+use crate::protocol::{HostState, LastExit};
 use crate::spawn::SpawnError;
-use crate::state::HostState;
 
 /// Errors of the supervisor domain. The RPC layer maps each to its code.
 #[derive(Debug, Clone, thiserror::Error)]

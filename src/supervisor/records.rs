@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::protocol::Recovered;
+
 /// One live host process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -217,19 +219,6 @@ fn trustworthy(meta: &std::fs::Metadata) -> Result<(), String> {
 #[cfg(not(unix))]
 fn trustworthy(_meta: &std::fs::Metadata) -> Result<(), String> {
     Ok(())
-}
-
-/// A host the previous daemon left running when it died (`daemon.info`
-/// `recovered`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Recovered {
-    pub extension_id: String,
-    pub pid: i32,
-    /// Something of it was still running and was killed.
-    pub reaped: bool,
-    /// What was killed, or why nothing was.
-    pub detail: String,
 }
 
 /// At start-up: kill what a previous daemon's record says is still running,

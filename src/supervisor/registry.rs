@@ -13,9 +13,9 @@ use super::events::{self, EventBus, Filter, Subscription};
 use super::host::{self, HostHandle};
 use super::logs::{self, LogLine};
 use super::settings::SupervisorConfig;
-use super::spec::{Declared, HostSpec, StartRequest, build_spec, validate_extension_id};
-use super::status::{HostStatus, HostUsage};
+use super::spec::{Declared, HostSpec, build_spec, validate_extension_id};
 use super::{SupervisorError, messages, peers, records};
+use crate::protocol::{HostOptions, HostStatus, HostUsage};
 use crate::state::HostState;
 
 /// See the module documentation.
@@ -98,18 +98,21 @@ impl Supervisor {
     /// Declare a host from the config: register it (stopped) if new, or
     /// replace the spec its next start uses, unless an editor runs it with
     /// its own spec: then the declaration waits until that host stops.
-    pub async fn declare(&self, req: StartRequest) -> Result<Declared, SupervisorError> {
+    pub async fn declare(
+        &self,
+        id: &str,
+        options: &HostOptions,
+    ) -> Result<Declared, SupervisorError> {
         self.check_running()?;
-        validate_extension_id(&req.extension_id)?;
-        let spec = build_spec(&self.config(), &req, None)?;
-        if let Some(h) = self.registry.get(&req.extension_id) {
-            let id = req.extension_id.clone();
-            return match h.declare(req).await {
+        validate_extension_id(id)?;
+        let spec = build_spec(&self.config(), options, None)?;
+        if let Some(h) = self.registry.get(id) {
+            return match h.declare(options).await {
                 Some(r) => r,
-                None => Err(SupervisorError::UnknownHost(id)),
+                None => Err(SupervisorError::UnknownHost(id.to_string())),
             };
         }
-        self.register(&req.extension_id, spec);
+        self.register(id, spec);
         Ok(Declared::New)
     }
 
@@ -128,16 +131,17 @@ impl Supervisor {
     /// first, `ReadyTimeout` if its ready timeout passes.
     pub async fn start_and_wait(
         &self,
-        req: StartRequest,
+        id: &str,
+        options: &HostOptions,
         wait_ready: bool,
     ) -> Result<HostStatus, SupervisorError> {
         if !wait_ready {
-            return self.start(req).await;
+            return self.start(id, options).await;
         }
-        let id = req.extension_id.clone();
-        let filter: Filter = Some([id.clone()].into_iter().collect());
+        let filter: Filter = Some([id.to_string()].into_iter().collect());
         let mut events = self.bus.subscribe(&filter).events;
-        let started = self.start(req).await?;
+        let started = self.start(id, options).await?;
+        let id = id.to_string();
         let generation = started.generation;
         loop {
             let ev = match events.recv().await {
@@ -154,15 +158,15 @@ impl Supervisor {
             if ev.extension_id != id {
                 continue;
             }
-            let Ok(e) = serde_json::from_str::<events::StateEvent>(ev.json.get()) else {
+            let Ok(e) = serde_json::from_str::<crate::protocol::StateEvent>(ev.json.get()) else {
                 continue;
             };
             if e.generation != Some(generation) {
                 continue;
             }
             match (e.kind, e.from, e.status) {
-                (events::EventKind::Ready, _, Some(s)) => return Ok(s.with_uptime()),
-                (events::EventKind::Transition, Some(HostState::Running), status) => {
+                (crate::protocol::EventKind::Ready, _, Some(s)) => return Ok(s),
+                (crate::protocol::EventKind::Transition, Some(HostState::Running), status) => {
                     if let Some(events::Failure::NotReady { ms }) = ev.failure {
                         return Err(SupervisorError::ReadyTimeout {
                             extension_id: id,
@@ -181,24 +185,28 @@ impl Supervisor {
     }
 
     /// Register (if new) and start a host. Returns once it is spawned.
-    pub async fn start(&self, req: StartRequest) -> Result<HostStatus, SupervisorError> {
+    pub async fn start(
+        &self,
+        id: &str,
+        options: &HostOptions,
+    ) -> Result<HostStatus, SupervisorError> {
         self.check_running()?;
-        validate_extension_id(&req.extension_id)?;
+        validate_extension_id(id)?;
         // A host removed between lookup and send is simply registered anew.
         for _ in 0..3 {
-            let handle = match self.registry.get(&req.extension_id) {
+            let handle = match self.registry.get(id) {
                 Some(h) => h,
                 None => {
-                    let spec = build_spec(&self.config(), &req, None)?;
-                    self.register(&req.extension_id, spec.clone())
+                    let spec = build_spec(&self.config(), options, None)?;
+                    self.register(id, spec.clone())
                 }
             };
-            match handle.start(req.clone()).await {
+            match handle.start(options).await {
                 Some(r) => return r,
                 None => continue,
             }
         }
-        Err(SupervisorError::UnknownHost(req.extension_id))
+        Err(SupervisorError::UnknownHost(id.to_string()))
     }
 
     fn register(&self, id: &str, spec: HostSpec) -> HostHandle {
@@ -436,11 +444,11 @@ mod tests {
     /// The next transition of the subscribed host.
     async fn next_transition(
         rx: &mut tokio::sync::broadcast::Receiver<Arc<events::BusEvent>>,
-    ) -> events::StateEvent {
+    ) -> crate::protocol::StateEvent {
         loop {
             let ev = rx.recv().await.expect("bus open");
-            let e: events::StateEvent = serde_json::from_str(ev.json.get()).unwrap();
-            if e.kind == events::EventKind::Transition {
+            let e: crate::protocol::StateEvent = serde_json::from_str(ev.json.get()).unwrap();
+            if e.kind == crate::protocol::EventKind::Transition {
                 return e;
             }
         }
@@ -462,16 +470,17 @@ mod tests {
         let sup = Supervisor::new(config);
         let filter: Filter = Some(["t.race".to_string()].into_iter().collect());
         let mut rx = sup.subscribe(&filter).events;
-        sup.start(StartRequest {
-            extension_id: "t.race".into(),
+        let options = HostOptions {
             entry: Some(entry),
-            max_attempts: Some(5),
-            backoff: Some(Duration::ZERO),
-            stable_after: Some(Duration::from_secs(10)),
+            restart: Some(crate::protocol::RestartOptions {
+                max_attempts: Some(5),
+                backoff_ms: Some(0),
+                stable_after_ms: Some(10_000),
+                ..Default::default()
+            }),
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        };
+        sup.start("t.race", &options).await.unwrap();
         // Generation 1 exits: one attempt used, restarted at once.
         loop {
             let e = next_transition(&mut rx).await;

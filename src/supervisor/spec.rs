@@ -1,6 +1,7 @@
-//! What to run for one host: [`HostSpec`] and its policies, the start
-//! request it is built from ([`StartRequest`] → [`build_spec`]), and the
-//! validation of every field with its limits (`MAX_*`).
+//! What to run for one host: [`HostSpec`] and its policies, built from a
+//! start's or a declaration's [`HostOptions`] by [`build_spec`] (where
+//! milliseconds become `Duration`s and defaults apply), and the validation
+//! of every field with its limits (`MAX_*`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use super::SupervisorError;
 use super::logs;
 use super::settings::SupervisorConfig;
+use crate::protocol::HostOptions;
 
 /// When and how often a host that exits unexpectedly is restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,9 @@ impl RestartPolicy {
     }
 }
 
-/// What to run for one host.
+/// What to run for one host: the *resolved* spec, every default applied
+/// and every field checked, not an options bag (that is
+/// [`HostOptions`], what a start or a declaration asks for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSpec {
     pub entry: PathBuf,
@@ -137,35 +141,6 @@ impl Default for IpcPolicy {
             max_frame: 50 * 1024 * 1024,
         }
     }
-}
-
-/// `host.start`'s request, before defaults are applied.
-#[derive(Debug, Clone, Default)]
-pub struct StartRequest {
-    pub extension_id: String,
-    pub entry: Option<PathBuf>,
-    pub args: Option<Vec<String>>,
-    pub env: Option<BTreeMap<String, String>>,
-    pub cwd: Option<PathBuf>,
-    pub max_attempts: Option<u32>,
-    pub backoff: Option<Duration>,
-    pub max_backoff: Option<Duration>,
-    pub stable_after: Option<Duration>,
-    pub stop_timeout: Option<Duration>,
-    pub ready_timeout: Option<Duration>,
-    pub heartbeat_interval: Option<Duration>,
-    pub heartbeat_timeout: Option<Duration>,
-    /// Memory limit in bytes (cgroup), overriding the daemon's default.
-    pub memory_max: Option<u64>,
-    /// CPU limit, percent of one CPU (cgroup), overriding the daemon's.
-    pub cpu_max_percent: Option<u32>,
-    pub extensions_dir: Option<PathBuf>,
-    pub storage_dir: Option<PathBuf>,
-    pub writable_paths: Option<Vec<PathBuf>>,
-    pub pass_env: Option<Vec<String>>,
-    pub static_answers: Option<BTreeMap<String, serde_json::Value>>,
-    pub log_rate_lines: Option<u64>,
-    pub log_rate_bytes: Option<u64>,
 }
 
 /// What a config declaration did.
@@ -262,26 +237,27 @@ pub const MAX_CPU_PERCENT: u32 = 100_000;
 /// The largest output rate (lines or bytes a second) a host may be given.
 pub const MAX_LOG_RATE: u64 = 1 << 40;
 
-/// Every number of a start request within its documented range.
-fn check_ranges(req: &StartRequest) -> Result<(), SupervisorError> {
+/// Every number of a start's options within its documented range.
+fn check_ranges(req: &HostOptions, memory_max: Option<u64>) -> Result<(), SupervisorError> {
+    let r = req.restart.clone().unwrap_or_default();
     let durations = [
-        ("restart.backoffMs", req.backoff),
-        ("restart.maxBackoffMs", req.max_backoff),
-        ("restart.stableAfterMs", req.stable_after),
-        ("stopTimeoutMs", req.stop_timeout),
-        ("readyTimeoutMs", req.ready_timeout),
-        ("heartbeatIntervalMs", req.heartbeat_interval),
-        ("heartbeatTimeoutMs", req.heartbeat_timeout),
+        ("restart.backoffMs", r.backoff_ms),
+        ("restart.maxBackoffMs", r.max_backoff_ms),
+        ("restart.stableAfterMs", r.stable_after_ms),
+        ("stopTimeoutMs", req.stop_timeout_ms),
+        ("readyTimeoutMs", req.ready_timeout_ms),
+        ("heartbeatIntervalMs", req.heartbeat_interval_ms),
+        ("heartbeatTimeoutMs", req.heartbeat_timeout_ms),
     ];
-    for (field, d) in durations {
-        if d.is_some_and(|d| d > Duration::from_millis(MAX_SETTING_MS)) {
+    for (field, ms) in durations {
+        if ms.is_some_and(|ms| ms > MAX_SETTING_MS) {
             return Err(SupervisorError::InvalidSpec {
                 field,
                 reason: format!("must be at most {MAX_SETTING_MS} (a day)"),
             });
         }
     }
-    if req.memory_max.is_some_and(|b| b > MAX_MEMORY_MB << 20) {
+    if memory_max.is_some_and(|b| b > MAX_MEMORY_MB << 20) {
         return Err(SupervisorError::InvalidSpec {
             field: "memoryMaxMb",
             reason: format!("must be at most {MAX_MEMORY_MB}"),
@@ -362,14 +338,18 @@ pub fn static_answers(
         .collect()
 }
 
-/// The spec a start request asks for: a new `entry` starts from the config's
-/// defaults, an omitted one reuses `prev`; the request's other fields override.
+/// The spec a host's options ask for: a new `entry` starts from the
+/// config's defaults, an omitted one reuses `prev`; the other options
+/// override. Milliseconds become `Duration`s here.
 pub fn build_spec(
     config: &SupervisorConfig,
-    req: &StartRequest,
+    req: &HostOptions,
     prev: Option<&HostSpec>,
 ) -> Result<HostSpec, SupervisorError> {
     {
+        let ms = |v: Option<u64>| v.map(Duration::from_millis);
+        let restart = req.restart.clone().unwrap_or_default();
+        let memory_max = req.memory_max_mb.map(|mb| mb.saturating_mul(1 << 20));
         let base = match (&req.entry, prev) {
             (Some(entry), _) => HostSpec {
                 entry: entry.clone(),
@@ -407,14 +387,14 @@ pub fn build_spec(
         if let Some(c) = &req.cwd {
             spec.cwd = Some(c.clone());
         }
-        check_ranges(req)?;
+        check_ranges(req, memory_max)?;
         let r = &mut spec.restart;
-        r.max_attempts = req.max_attempts.unwrap_or(r.max_attempts);
-        r.backoff = req.backoff.unwrap_or(r.backoff);
-        r.max_backoff = req.max_backoff.unwrap_or(r.max_backoff);
-        r.stable_after = req.stable_after.unwrap_or(r.stable_after);
-        spec.stop_timeout = req.stop_timeout.unwrap_or(spec.stop_timeout);
-        if let Some(bytes) = req.memory_max {
+        r.max_attempts = restart.max_attempts.unwrap_or(r.max_attempts);
+        r.backoff = ms(restart.backoff_ms).unwrap_or(r.backoff);
+        r.max_backoff = ms(restart.max_backoff_ms).unwrap_or(r.max_backoff);
+        r.stable_after = ms(restart.stable_after_ms).unwrap_or(r.stable_after);
+        spec.stop_timeout = ms(req.stop_timeout_ms).unwrap_or(spec.stop_timeout);
+        if let Some(bytes) = memory_max {
             if bytes < 1 << 20 {
                 return Err(SupervisorError::InvalidSpec {
                     field: "memoryMaxMb",
@@ -433,9 +413,9 @@ pub fn build_spec(
             spec.cpu_max_percent = Some(percent);
         }
         let i = &mut spec.ipc;
-        i.ready_timeout = req.ready_timeout.unwrap_or(i.ready_timeout);
-        i.heartbeat_interval = req.heartbeat_interval.unwrap_or(i.heartbeat_interval);
-        i.heartbeat_timeout = req.heartbeat_timeout.unwrap_or(i.heartbeat_timeout);
+        i.ready_timeout = ms(req.ready_timeout_ms).unwrap_or(i.ready_timeout);
+        i.heartbeat_interval = ms(req.heartbeat_interval_ms).unwrap_or(i.heartbeat_interval);
+        i.heartbeat_timeout = ms(req.heartbeat_timeout_ms).unwrap_or(i.heartbeat_timeout);
         if let Some(d) = &req.extensions_dir {
             spec.extensions_dir = Some(existing_dir("extensionsDir", d)?);
         }

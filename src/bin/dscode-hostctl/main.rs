@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dscode_hostd::client::{Client, ClientError, ClientOptions, HostStatus, StartParams};
+use dscode_hostd::client::{
+    Client, ClientError, ClientOptions, HostOptions, HostStatus, StartParams,
+};
 use serde_json::{Value, json};
 
 use args::{Args, Cmd};
@@ -160,12 +162,15 @@ async fn run(args: Args) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(format!("entry {}: {e}", entry.display())))?;
             let params = StartParams {
                 extension_id,
-                entry: Some(entry),
-                env: (!env.is_empty()).then(|| env.into_iter().collect()),
-                args: (!args.is_empty()).then_some(args),
-                memory_max_mb,
-                cpu_max_percent,
-                ..Default::default()
+                wait_ready: false,
+                options: HostOptions {
+                    entry: Some(entry),
+                    env: (!env.is_empty()).then(|| env.into_iter().collect()),
+                    args: (!args.is_empty()).then_some(args),
+                    memory_max_mb,
+                    cpu_max_percent,
+                    ..Default::default()
+                },
             };
             let v = client.start(params).json().await?;
             print_host(&v, json_out)?;

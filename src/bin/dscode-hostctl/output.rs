@@ -306,14 +306,14 @@ mod tests {
             pid: None,
             generation: 2,
             restart_count: 1,
-            restart_budget: dscode_hostd::supervisor::RestartBudget {
+            restart_budget: dscode_hostd::protocol::RestartBudget {
                 max_attempts: 3,
                 attempts_left: 2,
             },
             next_restart_at: Some("\x1b]0;next\x07".into()),
             started_at: Some("\x1b]0;started\x07".into()),
             uptime_ms: None,
-            last_exit: Some(dscode_hostd::supervisor::LastExit {
+            last_exit: Some(dscode_hostd::protocol::LastExit {
                 code: Some(3),
                 signal: None,
                 at: "\x1b[31mat".into(),
@@ -325,7 +325,6 @@ mod tests {
             memory_max_mb: None,
             cpu_max_percent: None,
             leftover_pids: Vec::new(),
-            started_instant: None,
         }
     }
 

@@ -15,16 +15,16 @@ use tokio::time::Instant;
 use super::handle::{ActorParts, Command};
 use super::stop::{Leftovers, Stopping};
 use crate::ipc::{self, SessionEvent, SessionHandle};
+use crate::protocol::{HostStatus, LastExit, RestartBudget};
 use crate::spawn::{self, Containment};
 use crate::state::{self, HostState, Input};
 use crate::supervisor::budget::{Budget, Event as BudgetEvent};
-use crate::supervisor::events::{EventBus, Failure};
+use crate::supervisor::events::{EventBus, Failure, LiveStatus};
 use crate::supervisor::logs::SharedLogRing;
 use crate::supervisor::messages::MessageHub;
 use crate::supervisor::records::Records;
 use crate::supervisor::{
-    Declared, HostSpec, HostStatus, LastExit, Registry, RestartBudget, SupervisorConfig,
-    SupervisorError, build_spec,
+    Declared, HostSpec, Registry, SupervisorConfig, SupervisorError, build_spec,
 };
 
 /// How long a host that closed its IPC channel may keep running before it is
@@ -152,7 +152,7 @@ impl HostActor {
 
     /// Register the initial `stopped` status and run the actor's task.
     pub(super) fn spawn(self) {
-        self.bus.set_status(self.status());
+        self.bus.set_status(self.live());
         tokio::spawn(self.run());
     }
 
@@ -201,7 +201,7 @@ impl HostActor {
         self.state = HostState::Crashed;
         self.bus.transition(
             from,
-            self.status(),
+            self.live(),
             format!("internal error: {what} (processes killed)"),
         );
     }
@@ -316,7 +316,7 @@ impl HostActor {
                         self.spec = spec;
                         self.spec_from_editor = false;
                         self.deferred = None;
-                        self.bus.set_status(self.status());
+                        self.bus.set_status(self.live());
                         Declared::Updated
                     }
                 });
@@ -378,7 +378,14 @@ impl HostActor {
             memory_max_mb: self.spec.memory_max(&self.settings()).map(|b| b >> 20),
             cpu_max_percent: self.spec.cpu_max_percent(&self.settings()),
             leftover_pids: self.leftovers.pids.clone(),
-            started_instant: self.started.map(|s| s.1.into_std()),
+        }
+    }
+
+    /// The status for the event bus, with the instant the process started.
+    pub(super) fn live(&self) -> LiveStatus {
+        LiveStatus {
+            status: self.status(),
+            started: self.started.map(|s| s.1.into_std()),
         }
     }
 
@@ -413,7 +420,7 @@ impl HostActor {
                 let reason = reason.into();
                 tracing::info!(extension_id = %self.id, %from, %to, %reason, "state change");
                 self.bus
-                    .transition_failed(from, self.status(), reason, failure);
+                    .transition_failed(from, self.live(), reason, failure);
                 true
             }
             Err(e) => {
@@ -458,7 +465,7 @@ impl HostActor {
                     self.stable_at = Some(Instant::now() + self.spec.restart.stable_after);
                 }
                 tracing::info!(extension_id = %self.id, "ready");
-                self.bus.ready(self.status());
+                self.bus.ready(self.live());
             }
             SessionEvent::Failed(reason) => self.fail(Failure::Session(reason)),
             SessionEvent::Closed => {
@@ -490,7 +497,7 @@ impl HostActor {
         // pipes have no directory.
         ipc::transport::remove_host_dir(&self.settings().runtime_dir, &self.id);
         self.leftovers.release();
-        self.bus.removed(self.status());
+        self.bus.removed(self.live());
         if let Some(reg) = self.registry.upgrade() {
             reg.remove_instance(&self.id, self.instance);
         }

@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::actor::HostActor;
+use crate::protocol::LastExit;
 use crate::spawn::ExitOutcome;
 use crate::state::{HostState, Input};
-use crate::supervisor::LastExit;
 use crate::supervisor::budget::{AfterFailure, Budget};
 
 impl HostActor {
@@ -114,7 +114,7 @@ impl HostActor {
         if self.state == HostState::Running && budget.on_stable() {
             tracing::info!(extension_id = %self.id, "running stably; restart budget restored");
             self.attempts_used = budget.used;
-            self.bus.set_status(self.status());
+            self.bus.set_status(self.live());
         }
     }
 

@@ -9,14 +9,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::HostActor;
 use crate::ipc::{self, SessionHandle};
+use crate::protocol::{HostOptions, HostStatus};
 use crate::spawn;
 use crate::supervisor::events::EventBus;
 use crate::supervisor::logs::{LogLine, LogRing, SharedLogRing};
 use crate::supervisor::messages::MessageHub;
 use crate::supervisor::records::Records;
-use crate::supervisor::{
-    Declared, HostSpec, HostStatus, Registry, StartRequest, SupervisorConfig, SupervisorError,
-};
+use crate::supervisor::{Declared, HostSpec, Registry, SupervisorConfig, SupervisorError};
 
 /// Commands queued per host before senders wait.
 const COMMAND_QUEUE: usize = 32;
@@ -24,14 +23,14 @@ const COMMAND_QUEUE: usize = 32;
 pub(super) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
 pub(super) enum Command {
-    Start(Box<StartRequest>, Reply<HostStatus>),
+    Start(Box<HostOptions>, Reply<HostStatus>),
     Stop(Option<Duration>, Reply<HostStatus>),
     Restart(Reply<HostStatus>),
     Remove(Reply<()>),
     /// Replace the spec used by the next start (config reload).
-    Declare(Box<StartRequest>, Reply<Declared>),
+    Declare(Box<HostOptions>, Reply<Declared>),
     /// What the host's processes use now (`None` when none runs).
-    Usage(Reply<Option<spawn::GroupUsage>>),
+    Usage(Reply<Option<crate::protocol::GroupUsage>>),
 }
 
 /// A cheap, cloneable way to reach a host's actor.
@@ -58,8 +57,12 @@ impl HostHandle {
         rx.await.ok()
     }
 
-    pub async fn start(&self, req: StartRequest) -> Option<Result<HostStatus, SupervisorError>> {
-        self.ask(|r| Command::Start(Box::new(req), r)).await
+    pub async fn start(
+        &self,
+        options: &HostOptions,
+    ) -> Option<Result<HostStatus, SupervisorError>> {
+        self.ask(|r| Command::Start(Box::new(options.clone()), r))
+            .await
     }
 
     pub async fn stop(
@@ -77,15 +80,21 @@ impl HostHandle {
         self.ask(Command::Remove).await
     }
 
-    pub async fn declare(&self, req: StartRequest) -> Option<Result<Declared, SupervisorError>> {
-        self.ask(|r| Command::Declare(Box::new(req), r)).await
+    pub async fn declare(
+        &self,
+        options: &HostOptions,
+    ) -> Option<Result<Declared, SupervisorError>> {
+        self.ask(|r| Command::Declare(Box::new(options.clone()), r))
+            .await
     }
 
-    pub async fn usage(&self) -> Option<Result<Option<spawn::GroupUsage>, SupervisorError>> {
+    pub async fn usage(
+        &self,
+    ) -> Option<Result<Option<crate::protocol::GroupUsage>, SupervisorError>> {
         self.ask(Command::Usage).await
     }
 
-    pub fn ipc_counts(&self) -> ipc::IpcCounts {
+    pub fn ipc_counts(&self) -> crate::protocol::IpcCounts {
         self.counters.snapshot()
     }
 

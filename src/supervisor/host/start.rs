@@ -16,11 +16,12 @@ use tokio::time::Instant;
 
 use super::actor::HostActor;
 use crate::ipc::{self, SessionConfig, SessionParts};
+use crate::protocol::HostStatus;
 use crate::spawn::{self, Cgroups, HostLaunch, Limits, SpawnError};
 use crate::state::Input;
 use crate::supervisor::budget::{Budget, Event as BudgetEvent};
 use crate::supervisor::logs::{self, Stream};
-use crate::supervisor::{HostStatus, SupervisorConfig, SupervisorError};
+use crate::supervisor::{SupervisorConfig, SupervisorError};
 
 impl HostActor {
     /// From `stopped`, `crashed` or `restarting`: go through `starting` to

@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use super::actor::HostActor;
 use super::handle::Reply;
+use crate::protocol::HostStatus;
 use crate::spawn::{Containment, Emptied, ExitOutcome};
 use crate::state::{HostState, Input};
-use crate::supervisor::HostStatus;
 
 /// How often a stopping host's process group is checked once its leader is
 /// gone. There is no event for "the last grandchild died" without cgroups.
@@ -277,7 +277,7 @@ impl HostActor {
             if self.leftovers.pids.is_empty() {
                 tracing::info!(extension_id = %self.id, "the leftovers of an earlier stop are gone");
             }
-            self.bus.set_status(self.status());
+            self.bus.set_status(self.live());
         }
     }
 
@@ -379,7 +379,7 @@ mod tests {
             pid: None,
             generation: 1,
             restart_count: 0,
-            restart_budget: crate::supervisor::RestartBudget {
+            restart_budget: crate::protocol::RestartBudget {
                 max_attempts: 3,
                 attempts_left: 3,
             },
@@ -394,7 +394,6 @@ mod tests {
             memory_max_mb: None,
             cpu_max_percent: None,
             leftover_pids: pids,
-            started_instant: None,
         };
         let none = serde_json::to_value(status(Vec::new())).unwrap();
         assert!(none.get("leftoverPids").is_none(), "{none}");
