@@ -115,7 +115,10 @@ async fn a_subscriber_that_never_reads_gets_lagged_and_others_lose_nothing() {
     timed(async {
         // Spawn failures are the cheapest transitions: start -> crashed.
         let d = Daemon::start_with(DaemonOpts {
-            config: Some("node = \"/nonexistent/node\"\n".into()),
+            // The slow connection is idle once its subscription has
+            // lagged; on a loaded machine the 1500 starts outlast the
+            // default idle timeout, which would close it before it is read.
+            config: Some("node = \"/nonexistent/node\"\nidle_timeout_ms = 600000\n".into()),
             ..Default::default()
         });
         let mut slow = RawConn::connect(&d.socket).await;

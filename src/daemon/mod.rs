@@ -317,10 +317,7 @@ async fn reload(
 ) -> Result<rpc::methods::ReloadReport, String> {
     notify(Notice::Reloading);
     let result = match settings.reread() {
-        Err(e) => {
-            tracing::error!(error = %e, "config reload failed; keeping the previous config");
-            Err(e)
-        }
+        Err(e) => Err(e),
         Ok(mut new) => {
             for key in settings.restart_only_changes(&new) {
                 tracing::warn!(key, "config change needs a daemon restart to take effect");
@@ -334,11 +331,6 @@ async fn reload(
             supervisor.reconfigure(new.supervisor.clone());
             let report = apply_hosts(supervisor, &new.hosts, false).await;
             *settings = new;
-            tracing::info!(
-                failed = report.failed.len(),
-                deferred = report.deferred.len(),
-                "config reloaded"
-            );
             Ok(report)
         }
     };
@@ -359,6 +351,16 @@ async fn reload(
         )),
         Ok(_) => None,
     };
+    // Logged only now: whoever reads the log line and then asks
+    // `daemon.info` sees `lastReloadError` already set.
+    match &result {
+        Err(e) => tracing::error!(error = %e, "config reload failed; keeping the previous config"),
+        Ok(report) => tracing::info!(
+            failed = report.failed.len(),
+            deferred = report.deferred.len(),
+            "config reloaded"
+        ),
+    }
     let status = status_line(supervisor);
     notify(Notice::Ready(&status));
     result
