@@ -265,6 +265,16 @@ impl HostCgroup {
         Ok((HostCgroup { dir }, procs))
     }
 
+    /// Its directory, opened `O_PATH`: `clone3(CLONE_INTO_CGROUP)` creates
+    /// the child in it.
+    pub fn open_dir(&self) -> std::io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(&self.dir)
+    }
+
     /// Write `limit` (`memory.max`, `cpu.max`). `Err` when its controller
     /// is not delegated to this subtree.
     pub fn limit(&self, limit: Limit) -> std::io::Result<()> {

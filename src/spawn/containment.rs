@@ -255,6 +255,8 @@ fn make_linux(id: &str, roots: &CgroupRoots, limits: Limits, launch: &mut Launch
                     }
                 });
                 launch.cgroup_procs.push(Arc::new(procs));
+                // For clone3: without it the child joins through the procs.
+                launch.cgroup_dir = cg.open_dir().ok().map(Arc::new);
                 v2 = Some(cg);
             }
             Err(e) => {

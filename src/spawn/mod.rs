@@ -6,8 +6,10 @@
 //!
 //! This file holds the types and the common spawn path ([`spawn`]); which
 //! Node runs is `node.rs`'s, the strict (bwrap) profile's spawn
-//! `strict.rs`'s and the Linux pre-exec steps `pre_exec.rs`'s; [`Spawner`]
-//! (`spawner.rs`) is the thread every host is forked from.
+//! `strict.rs`'s and the fork path's Linux pre-exec steps `pre_exec.rs`'s;
+//! the `clone3` path (Linux, default and `off` profiles) is `clone3.rs`'s
+//! and the spawned process's handle `process.rs`'s. [`Spawner`]
+//! (`spawner.rs`) is the thread every host is created from.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,13 +18,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
+#[cfg(target_os = "linux")]
+pub mod clone3;
 pub mod containment;
 mod node;
 #[cfg(target_os = "linux")]
 mod pre_exec;
 pub mod prepare;
+pub mod process;
 mod spawner;
 #[cfg(target_os = "linux")]
 mod strict;
@@ -38,6 +43,7 @@ pub use windows::{ProcessGroup, UsageProbe};
 pub use containment::{CgroupRoots, Cgroups, Containment, Emptied, Limits};
 pub use node::{resolve_node, target_triple};
 pub use prepare::{HostLaunch, Prepared, SandboxPolicy, prepare};
+pub use process::HostProcess;
 pub use spawner::Spawner;
 
 /// Why a host could not be spawned.
@@ -142,6 +148,10 @@ pub struct LaunchSpec {
     /// "0" to each.
     #[cfg(target_os = "linux")]
     pub cgroup_procs: Vec<Arc<std::fs::File>>,
+    /// The cgroup2 cgroup's directory (`O_PATH`), whose `cgroup.procs` is
+    /// the first of `cgroup_procs`: `clone3` creates the child in it.
+    #[cfg(target_os = "linux")]
+    pub cgroup_dir: Option<Arc<std::fs::File>>,
     /// Run as this user instead of the daemon's (root daemons only).
     pub run_as: Option<HostUser>,
 }
@@ -166,6 +176,8 @@ impl LaunchSpec {
             sandbox: None,
             #[cfg(target_os = "linux")]
             cgroup_procs: Vec::new(),
+            #[cfg(target_os = "linux")]
+            cgroup_dir: None,
             run_as: None,
         }
     }
@@ -174,19 +186,50 @@ impl LaunchSpec {
 /// A freshly spawned host: the child (stdout and stderr piped) and its process
 /// group (Unix: the group it leads; Windows: its kill-on-close Job Object).
 pub struct Spawned {
-    pub child: Child,
+    pub child: HostProcess,
     pub pid: u32,
     pub group: ProcessGroup,
 }
 
 /// Spawn `node <entry> [args…]` in a new process group with stdin null and
-/// stdout/stderr piped. The Node binary is never modified.
+/// stdout/stderr piped. The Node binary is never modified. On Linux the
+/// default and `off` profiles go by `clone3` ([`clone3`]) unless
+/// `DSCODE_HOSTD_SPAWN=fork` or the kernel lacks it; everything else forks.
 pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, SpawnError> {
     #[cfg(target_os = "linux")]
-    let prepared = match &spec.sandbox {
+    {
+        spawn_by(spec, clone3::SpawnPath::configured())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        spawn_prepared(spec)
+    }
+}
+
+/// [`spawn`] by the given path (tests pick one).
+#[cfg(target_os = "linux")]
+pub(crate) fn spawn_by(spec: &LaunchSpec, path: clone3::SpawnPath) -> Result<Spawned, SpawnError> {
+    let mut prepared = match &spec.sandbox {
         Some(policy) => Some(crate::sandbox::prepare(policy)?),
         None => None,
     };
+    let strict = prepared.as_ref().is_some_and(|p| p.bwrap_seccomp.is_some());
+    if path == clone3::SpawnPath::Auto
+        && !strict
+        && let Some(spawned) = clone3::spawn(spec, prepared.as_mut())?
+    {
+        tracing::debug!(pid = spawned.pid, "spawned by clone3");
+        return Ok(spawned);
+    }
+    tracing::debug!(program = %spec.node.display(), "spawning by fork");
+    spawn_prepared(spec, prepared)
+}
+
+/// The `fork` path: `tokio::process::Command` with `pre_exec` steps.
+fn spawn_prepared(
+    spec: &LaunchSpec,
+    #[cfg(target_os = "linux")] prepared: Option<crate::sandbox::Prepared>,
+) -> Result<Spawned, SpawnError> {
     #[cfg(target_os = "linux")]
     if prepared.as_ref().is_some_and(|p| p.bwrap_seccomp.is_some()) {
         let policy = spec.sandbox.as_ref().expect("prepared from a policy");
@@ -268,7 +311,11 @@ fn finish_spawn(mut cmd: Command, spec: &LaunchSpec) -> Result<Spawned, SpawnErr
             }
         }
     };
-    Ok(Spawned { child, pid, group })
+    Ok(Spawned {
+        child: HostProcess::from_child(child, pid),
+        pid,
+        group,
+    })
 }
 
 /// A signal the supervisor sends to a host's process group.
@@ -402,6 +449,7 @@ mod tests {
             exec_fd: None,
             sandbox: None,
             cgroup_procs: Vec::new(),
+            cgroup_dir: None,
             run_as: None,
         };
         let mut s = spawn(&spec).unwrap();

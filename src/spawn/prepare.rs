@@ -160,6 +160,8 @@ fn launch_spec(host: &HostLaunch) -> LaunchSpec {
         sandbox,
         #[cfg(target_os = "linux")]
         cgroup_procs: Vec::new(),
+        #[cfg(target_os = "linux")]
+        cgroup_dir: None,
         run_as: host.run_as,
     }
 }

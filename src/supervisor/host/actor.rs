@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -16,7 +15,7 @@ use super::handle::{ActorParts, Command};
 use super::stop::{Leftovers, Stopping};
 use crate::ipc::{self, SessionEvent, SessionHandle};
 use crate::protocol::{HostStatus, LastExit, RestartBudget};
-use crate::spawn::{self, Containment};
+use crate::spawn::{self, Containment, HostProcess};
 use crate::state::{self, HostState, Input};
 use crate::supervisor::budget::{Budget, Event as BudgetEvent};
 use crate::supervisor::events::{EventBus, Failure, LiveStatus};
@@ -71,7 +70,7 @@ pub(super) struct HostActor {
     pub(super) restart_count: u64,
     /// Restart budget used since the last reset.
     pub(super) attempts_used: u32,
-    pub(super) child: Option<Child>,
+    pub(super) child: Option<HostProcess>,
     pub(super) pid: Option<u32>,
     /// The process group and cgroups of the current process, kept until
     /// they are known to be empty.
@@ -93,7 +92,7 @@ pub(super) async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn wait_opt(child: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+async fn wait_opt(child: &mut Option<HostProcess>) -> std::io::Result<std::process::ExitStatus> {
     match child {
         Some(c) => c.wait().await,
         None => std::future::pending().await,
