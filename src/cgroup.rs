@@ -3,8 +3,9 @@
 //! those that called `setsid()` and left the host's process group, and
 //! `cgroup.kill` kills them all at once.
 //!
-//! The child joins in `pre_exec` by writing "0" to `cgroup.procs`, through a
-//! descriptor the parent opened. Many desktops have no delegated cgroup: then
+//! The child is created in it by `clone3(CLONE_INTO_CGROUP)` through the
+//! directory's `O_PATH` descriptor, or (fork path, older kernels) joins by
+//! writing "0" to `cgroup.procs`, through a descriptor the parent opened. Many desktops have no delegated cgroup: then
 //! this is simply not used.
 //!
 //! Limits ([`Limit`]: memory, CPU) are written in that cgroup when its

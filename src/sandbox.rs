@@ -1,9 +1,9 @@
 //! The Linux default sandbox profile for hosts, in the order the child
 //! applies it (see `SECURITY.md`):
 //!
-//! 1. process group (std);
+//! 1. process group (`spawn`);
 //! 2. PDEATHSIG + getppid check (`spawn`);
-//! 3. cgroup join: not built yet;
+//! 3. cgroup join (`spawn`; by the kernel on the `clone3` path);
 //! 4. `RLIMIT_CORE=0`;
 //! 5. inherited fds: every fd the daemon opens is close-on-exec;
 //! 5. (b) capabilities: ambient cleared, bounding set emptied, root made
@@ -14,8 +14,8 @@
 //! 8. seccomp, last.
 //!
 //! Everything is built in the parent ([`prepare`]): the Landlock ruleset fd
-//! and the seccomp BPF program. The child ([`Prepared::apply`], from
-//! `pre_exec`) only makes raw syscalls.
+//! and the seccomp BPF program. The child ([`Prepared::apply`], from the
+//! `clone3` child or `pre_exec`) only makes raw syscalls.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
