@@ -40,6 +40,10 @@
 //! for the daemon's life; where it has `clone3` but not `CLONE_INTO_CGROUP`
 //! (before Linux 5.7), the child joins the cgroup itself. `DSCODE_HOSTD_SPAWN
 //! =fork` forces the fallback (read once).
+//!
+//! Over 500 lines with its long doc: the parent's preparation, the clone and
+//! the child's steps stay in one file, since the child's soundness rests on
+//! exactly what the parent built before it.
 
 use std::ffi::{CString, OsStr};
 use std::io;

@@ -1,4 +1,5 @@
-//! `Spawner`: the one long-lived thread every host is forked from.
+//! `Spawner`: the one long-lived thread every host is created from (by
+//! `clone3` or `fork`).
 
 use std::io;
 use std::sync::Arc;
