@@ -225,6 +225,10 @@ async fn the_host_is_in_its_cgroup() {
         );
         assert!(spec.cgroup_dir.is_some());
         let s = spawned(&spec, path);
+        if path == SpawnPath::Auto {
+            // Placed by the kernel, not by a cgroup.procs write of its own.
+            assert_eq!(KERNEL.load(Ordering::Relaxed), WORKS);
+        }
         let pid = s.pid;
         let contained = cgroups.contain(s.group);
         let dir = contained.cgroup_dir().unwrap();
