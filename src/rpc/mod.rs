@@ -10,8 +10,8 @@
 //! - [`connection`] is one connection as methods see it (its queue, its
 //!   subscriptions) and the [`MethodTable`]: what each method takes from it;
 //! - [`subscriptions`] forwards a feed as notifications;
-//! - [`methods`] registers every method on a jsonrpsee [`RpcModule`] and maps
-//!   supervisor errors to JSON-RPC error codes;
+//! - [`methods`] registers every method on a jsonrpsee [`RpcModule`];
+//!   `errors` maps supervisor errors to JSON-RPC error codes and data;
 //! - [`params`] parses params into the protocol's structs.
 //!
 //! This is the only layer that knows JSON-RPC.
@@ -20,6 +20,7 @@
 
 pub mod connection;
 mod envelope;
+mod errors;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod methods;
