@@ -39,3 +39,5 @@ impl<T: DeserializeOwned> Stream for Events<T> {
         }
     }
 }
+
+impl<T> Unpin for Events<T> {}
