@@ -393,6 +393,13 @@ pub fn lock_instance(socket: &Path) -> Result<InstanceLock, PathError> {
     }
 }
 
+/// Whether a peer with effective uid `peer` may use a control socket of
+/// `me`'s: the same user, or root. The daemon applies it to every client it
+/// accepts, the client to the daemon it reaches.
+pub fn peer_allowed(peer: u32, me: u32) -> bool {
+    peer == me || peer == 0
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -483,5 +490,14 @@ mod tests {
     fn cli_beats_config() {
         let p = resolve_socket(Some(Path::new("/a.sock")), Some(Path::new("/b.sock")));
         assert_eq!(p, Path::new("/a.sock"));
+    }
+
+    #[test]
+    fn only_self_and_root_are_allowed() {
+        assert!(peer_allowed(1000, 1000));
+        assert!(peer_allowed(0, 1000));
+        assert!(!peer_allowed(65534, 1000));
+        assert!(peer_allowed(0, 0));
+        assert!(!peer_allowed(65534, 0));
     }
 }

@@ -28,7 +28,7 @@ pub(super) async fn connect_stream(socket: &Path) -> Result<LocalStream, ClientE
     // Who listens: the credentials the listening socket was created with.
     let peer = stream.peer_creds().map_err(connect_err)?.euid();
     match peer {
-        Some(p) if crate::rpc::server::peer_allowed(p, uid) => Ok(stream),
+        Some(p) if crate::paths::peer_allowed(p, uid) => Ok(stream),
         _ => Err(ClientError::UntrustedPeer {
             socket: socket.to_path_buf(),
             peer,

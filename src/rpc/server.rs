@@ -22,12 +22,6 @@ pub struct ServerLimits {
     pub per_connection: Limits,
 }
 
-/// Whether a peer with effective uid `peer` may talk to a daemon running as
-/// `me`: the same user, or root.
-pub fn peer_allowed(peer: u32, me: u32) -> bool {
-    peer == me || peer == 0
-}
-
 /// Judges a peer's pid: is it one of the hosts' processes? (The daemon
 /// passes the supervisor's `host_peers().judge`.)
 pub type HostCheck = Arc<dyn Fn(i32) -> Verdict + Send + Sync>;
@@ -46,7 +40,7 @@ fn check_peer(stream: &Stream, hosts: &HostCheck, refusals: &mut Refusals) -> bo
         }
     };
     match creds.euid() {
-        Some(uid) if peer_allowed(uid, me) => {}
+        Some(uid) if crate::paths::peer_allowed(uid, me) => {}
         other => {
             tracing::warn!(peer_uid = ?other, pid = ?creds.pid(), "refused a connection from another user");
             return false;
@@ -329,14 +323,5 @@ mod tests {
         assert_eq!(b.suppressed, 0, "a warning once the interval passed");
         b.succeeded();
         assert_eq!(b.failed_at(&e, t0).as_millis(), 10);
-    }
-
-    #[test]
-    fn only_self_and_root_are_allowed() {
-        assert!(peer_allowed(1000, 1000));
-        assert!(peer_allowed(0, 1000));
-        assert!(!peer_allowed(65534, 1000));
-        assert!(peer_allowed(0, 0));
-        assert!(!peer_allowed(65534, 0));
     }
 }
