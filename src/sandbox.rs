@@ -5,7 +5,8 @@
 //! 2. PDEATHSIG + getppid check (`spawn`);
 //! 3. cgroup join (`spawn`; by the kernel on the `clone3` path);
 //! 4. `RLIMIT_CORE=0`;
-//! 5. inherited fds: every fd the daemon opens is close-on-exec;
+//! 5. inherited fds: every fd the daemon opens is close-on-exec; the rest
+//!    are marked so, then `RLIMIT_NOFILE` is lowered (`max_open_files`);
 //! 5. (b) capabilities: ambient cleared, bounding set emptied, root made
 //!    ordinary (securebits, where the daemon may), then no effective,
 //!    permitted or inheritable capability (every profile);
@@ -386,10 +387,12 @@ impl Prepared {
     pub fn apply(&mut self) -> std::io::Result<()> {
         use nix::sys::resource::{Resource, setrlimit};
         setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(errno)?;
+        // The sweep before the lower RLIMIT_NOFILE: its fallback (before
+        // Linux 5.11) stops at the limit, and would miss what lies above.
+        cloexec_all_but(&self.keep)?;
         if let Some(n) = self.nofile {
             setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
         }
-        cloexec_all_but(&self.keep)?;
         if self.bwrap_seccomp.is_none() {
             // bwrap needs its own capabilities to build the sandbox, and
             // drops them for the host (`--cap-drop ALL`).
