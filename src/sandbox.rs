@@ -323,7 +323,9 @@ fn cloexec_range(lo: u32, hi: u32) -> std::io::Result<()> {
 ///
 /// A daemon without `CAP_SETPCAP` (an ordinary user's) cannot shrink the
 /// bounding set or set securebits; it has no capability to lose either, and
-/// `NO_NEW_PRIVS` (step 6) keeps exec from granting any.
+/// `NO_NEW_PRIVS` (step 6) keeps exec from granting any. Nor can a child
+/// that already became `run_as`'s user (step 1b comes first): its bounding
+/// set stays as the daemon's was, with nothing held and nothing to regain.
 pub fn drop_capabilities() -> std::io::Result<()> {
     // SAFETY: prctl(2) and capset(2) with plain integer arguments and a
     // header/data pair on this stack frame; no allocation, no locks.
