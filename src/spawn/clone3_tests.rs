@@ -266,3 +266,27 @@ async fn a_dropped_process_is_reaped() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Dropped unreaped outside any runtime, a process is reaped all the same.
+#[test]
+fn a_process_dropped_without_a_runtime_is_reaped() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = {
+        let _rt = rt.enter();
+        spawned(&sh("sleep 0.2"), SpawnPath::Auto)
+    };
+    drop(rt);
+    let pid = s.pid;
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} was never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
