@@ -35,9 +35,12 @@
 //! A failing step writes its errno to the error pipe and `_exit(127)`s;
 //! the parent reaps it and reports `SpawnError::Exec`, as `std` does.
 //!
-//! Where the kernel has no `clone3` (ENOSYS, as some container seccomp
-//! profiles answer), the caller falls back to the `fork` path, remembered
-//! for the daemon's life. `CLONE_INTO_CGROUP` is learnt
+//! Whether the path is usable is probed once, before the first host, and
+//! logged at info: without `clone3` (ENOSYS), with it filtered (EPERM:
+//! the seccomp filters of containers, snap, systemd's `SystemCallFilter`),
+//! or without `waitid(P_PIDFD)` (Linux 5.3), the caller
+//! falls back to the `fork` path for the daemon's life; the first clones
+//! can still turn it off the same way. `CLONE_INTO_CGROUP` is learnt
 //! apart: where a clone asking for it fails with EINVAL or E2BIG before one
 //! succeeded with it (Linux 5.3–5.6), the same spawn is retried without it
 //! and the child joins the cgroup itself, then and from then on.
@@ -74,7 +77,13 @@ impl SpawnPath {
     /// The daemon's choice, read from the environment once.
     pub fn configured() -> SpawnPath {
         static PATH: OnceLock<SpawnPath> = OnceLock::new();
-        *PATH.get_or_init(|| SpawnPath::parse(std::env::var_os(SPAWN_ENV).as_deref()))
+        *PATH.get_or_init(|| {
+            let path = SpawnPath::parse(std::env::var_os(SPAWN_ENV).as_deref());
+            if path == SpawnPath::Fork {
+                tracing::info!("hosts are forked: {SPAWN_ENV}=fork");
+            }
+            path
+        })
     }
 
     fn parse(value: Option<&OsStr>) -> SpawnPath {
@@ -113,7 +122,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// ([`LEARNT`]); tests make their own.
 struct Learnt {
     /// `clone3` itself: [`WORKS`] once a clone succeeded, [`REFUSED`] once
-    /// one failed as a missing `clone3` does.
+    /// one before it failed as a missing or filtered `clone3` does.
     clone3: AtomicU8,
     /// `CLONE_INTO_CGROUP`, learnt apart from `clone3` (Linux 5.3–5.6 have
     /// `clone3` without it): [`WORKS`] only once a clone that used it
@@ -137,15 +146,83 @@ impl Learnt {
 
 static LEARNT: Learnt = Learnt::new();
 
-/// Whether `clone3` is known not to work here (then every spawn forks).
+/// Whether the `clone3` path is not usable here: so probed, or refused by a
+/// clone since (then every spawn forks).
 pub fn unavailable() -> bool {
-    LEARNT.clone3.load(Ordering::Relaxed) == REFUSED
+    !probed() || LEARNT.clone3.load(Ordering::Relaxed) == REFUSED
+}
+
+/// Why the `clone3` path is not used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Unusable {
+    /// `clone3(NULL, 0)` answered this instead of EINVAL: ENOSYS (before
+    /// Linux 5.3, or a container's seccomp profile), EPERM (a seccomp
+    /// filter: containers, snap, systemd's `SystemCallFilter`).
+    #[error("clone3 is missing or filtered (errno {0})")]
+    Clone3(i32),
+    /// `waitid(P_PIDFD, <no such descriptor>)` answered this instead of
+    /// EBADF: EINVAL before Linux 5.4 (5.3 has `clone3` and `CLONE_PIDFD`
+    /// but cannot wait on a pidfd), or a filter's answer.
+    #[error("waitid(P_PIDFD) is missing or filtered (errno {0})")]
+    WaitPidfd(i32),
+}
+
+/// Whether this kernel gives the `clone3` path what it needs, probed on
+/// first use; logs once, at info, which path hosts take.
+fn probed() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| match probe() {
+        Ok(()) => {
+            tracing::info!("hosts are created by clone3");
+            true
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "hosts are forked: clone3 is not usable here");
+            false
+        }
+    })
+}
+
+/// Ask the kernel, without creating anything: `clone3` with a size below
+/// the smallest `struct clone_args` is EINVAL where it exists; `waitid`
+/// on a descriptor that cannot be open is EBADF where `P_PIDFD` exists.
+fn probe() -> Result<(), Unusable> {
+    // SAFETY: with size 0 the kernel refuses before reading `args` (NULL):
+    // nothing is read, written or created.
+    let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+    let clone3 = if clone3 < 0 { errno() } else { 0 };
+    // SAFETY: an all-zero siginfo_t is a valid value (plain integers).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes at most into `info`, which we own; descriptor
+    // i32::MAX is above any descriptor limit, so no process is waited for.
+    let waitid = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            i32::MAX as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    let waitid = if waitid < 0 { errno() } else { 0 };
+    decide(clone3, waitid)
+}
+
+/// The probe's verdict from the two errnos (0: the call succeeded, which
+/// neither can where the kernel works as documented).
+fn decide(clone3: i32, waitid: i32) -> Result<(), Unusable> {
+    if clone3 != libc::EINVAL {
+        return Err(Unusable::Clone3(clone3));
+    }
+    if waitid != libc::EBADF {
+        return Err(Unusable::WaitPidfd(waitid));
+    }
+    Ok(())
 }
 
 /// What to do after a clone failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Next {
-    /// `clone3` is missing: fork this host and every later one.
+    /// `clone3` is missing or filtered: fork this host and every later one.
     Fork,
     /// The kernel has no `CLONE_INTO_CGROUP`: clone again without it (the
     /// child joins through `cgroup.procs`), and never use it again.
@@ -158,7 +235,7 @@ enum Next {
 /// `CLONE_INTO_CGROUP` and what earlier clones proved to work.
 fn after_failure(errno: Option<i32>, into: bool, clone3_works: bool, into_works: bool) -> Next {
     match errno {
-        Some(libc::ENOSYS) => Next::Fork,
+        Some(libc::ENOSYS | libc::EPERM) if !clone3_works => Next::Fork,
         Some(libc::EINVAL | libc::E2BIG) if into && !into_works => Next::WithoutIntoCgroup,
         Some(libc::EINVAL | libc::E2BIG) if !into && !clone3_works => Next::Fork,
         _ => Next::Fail,
@@ -166,7 +243,7 @@ fn after_failure(errno: Option<i32>, into: bool, clone3_works: bool, into_works:
 }
 
 /// Spawn `spec` by `clone3`, or `Ok(None)` where this path does not apply
-/// (the kernel has no `clone3`; a program without a `/` and no verified
+/// (`clone3` is not usable here; a program without a `/` and no verified
 /// descriptor, which `std` looks up in `PATH`): the caller forks instead.
 /// `sandbox` is applied in the child; the parent's copy is untouched, so
 /// the caller can still fork with it.

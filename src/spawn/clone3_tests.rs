@@ -258,13 +258,50 @@ async fn end_in_cgroup(s: Spawned, cgroups: crate::spawn::Cgroups, what: &str) {
 }
 
 #[test]
+fn the_probe_decides_on_the_errnos() {
+    use libc::{E2BIG, EBADF, EINVAL, ENOSYS, EPERM};
+    let table = [
+        ((EINVAL, EBADF), Ok(())),
+        // No clone3 (before 5.3, or a container's seccomp answer).
+        ((ENOSYS, EBADF), Err(Unusable::Clone3(ENOSYS))),
+        // Filtered: snap, systemd's SystemCallFilter, containers.
+        ((EPERM, EBADF), Err(Unusable::Clone3(EPERM))),
+        ((E2BIG, EBADF), Err(Unusable::Clone3(E2BIG))),
+        ((0, EBADF), Err(Unusable::Clone3(0))),
+        // Linux 5.3: clone3 and CLONE_PIDFD, no waitid(P_PIDFD).
+        ((EINVAL, EINVAL), Err(Unusable::WaitPidfd(EINVAL))),
+        ((EINVAL, EPERM), Err(Unusable::WaitPidfd(EPERM))),
+        ((EINVAL, ENOSYS), Err(Unusable::WaitPidfd(ENOSYS))),
+        ((ENOSYS, EINVAL), Err(Unusable::Clone3(ENOSYS))),
+    ];
+    for ((clone3, waitid), want) in table {
+        assert_eq!(
+            decide(clone3, waitid),
+            want,
+            "clone3 {clone3}, waitid {waitid}"
+        );
+    }
+}
+
+/// This kernel (≥ 5.4, unfiltered, 64-bit) answers the probe as documented:
+/// the other tests rely on `Auto` being clone3 here.
+#[test]
+fn the_probe_finds_clone3_usable_here() {
+    assert_eq!(probe(), Ok(()));
+    assert!(probed() && !unavailable());
+}
+
+#[test]
 fn a_failed_clone_is_read_by_its_errno_and_what_worked_before() {
-    use libc::{E2BIG, EACCES, EBUSY, EINVAL, ENOSYS};
+    use libc::{E2BIG, EACCES, EBUSY, EINVAL, ENOSYS, EPERM};
     // (errno, with CLONE_INTO_CGROUP, clone3 worked, it worked) → next.
     let table = [
-        // Missing clone3.
+        // Missing or filtered clone3, before any clone succeeded.
         ((ENOSYS, false, false, false), Next::Fork),
-        ((ENOSYS, true, false, false), Next::Fork),
+        ((EPERM, true, false, false), Next::Fork),
+        // ... but after one did, a real error.
+        ((EPERM, false, true, false), Next::Fail),
+        ((ENOSYS, true, true, true), Next::Fail),
         // Linux 5.3–5.6: with CLONE_INTO_CGROUP, EINVAL (unknown flag) or
         // E2BIG (a larger struct); also after a clone without it worked.
         ((EINVAL, true, false, false), Next::WithoutIntoCgroup),
