@@ -38,7 +38,7 @@
 //! Whether the path is usable is probed once, before the first host, and
 //! logged at info: without `clone3` (ENOSYS), with it filtered (EPERM:
 //! the seccomp filters of containers, snap, systemd's `SystemCallFilter`),
-//! or without `waitid(P_PIDFD)` (Linux 5.3), the caller
+//! without `waitid(P_PIDFD)` (Linux 5.3) or on a 32-bit target, the caller
 //! falls back to the `fork` path for the daemon's life; the first clones
 //! can still turn it off the same way. `CLONE_INTO_CGROUP` is learnt
 //! apart: where a clone asking for it fails with EINVAL or E2BIG before one
@@ -155,6 +155,12 @@ pub fn unavailable() -> bool {
 /// Why the `clone3` path is not used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Unusable {
+    /// Only 64-bit targets take it: on 32-bit arm and x86 (and m68k, sh,
+    /// sparc) `SYS_setresuid`, `SYS_setresgid` and `SYS_setgroups` are the
+    /// legacy 16-bit-id calls, which would truncate `run_as`'s ids; glibc's
+    /// wrappers on the fork path pick the 32-bit ones.
+    #[error("a 32-bit target (the raw id syscalls there take 16-bit ids)")]
+    Target,
     /// `clone3(NULL, 0)` answered this instead of EINVAL: ENOSYS (before
     /// Linux 5.3, or a container's seccomp profile), EPERM (a seccomp
     /// filter: containers, snap, systemd's `SystemCallFilter`).
@@ -187,6 +193,9 @@ fn probed() -> bool {
 /// the smallest `struct clone_args` is EINVAL where it exists; `waitid`
 /// on a descriptor that cannot be open is EBADF where `P_PIDFD` exists.
 fn probe() -> Result<(), Unusable> {
+    if !cfg!(target_pointer_width = "64") {
+        return Err(Unusable::Target);
+    }
     // SAFETY: with size 0 the kernel refuses before reading `args` (NULL):
     // nothing is read, written or created.
     let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
