@@ -5,7 +5,8 @@
 //! 2. PDEATHSIG + getppid check (`spawn`);
 //! 3. cgroup join (`spawn`; by the kernel on the `clone3` path);
 //! 4. `RLIMIT_CORE=0`;
-//! 5. inherited fds: every fd the daemon opens is close-on-exec;
+//! 5. inherited fds: every fd the daemon opens is close-on-exec; the rest
+//!    are marked so, then `RLIMIT_NOFILE` is lowered (`max_open_files`);
 //! 5. (b) capabilities: ambient cleared, bounding set emptied, root made
 //!    ordinary (securebits, where the daemon may), then no effective,
 //!    permitted or inheritable capability (every profile);
@@ -322,7 +323,9 @@ fn cloexec_range(lo: u32, hi: u32) -> std::io::Result<()> {
 ///
 /// A daemon without `CAP_SETPCAP` (an ordinary user's) cannot shrink the
 /// bounding set or set securebits; it has no capability to lose either, and
-/// `NO_NEW_PRIVS` (step 6) keeps exec from granting any.
+/// `NO_NEW_PRIVS` (step 6) keeps exec from granting any. Nor can a child
+/// that already became `run_as`'s user (step 1b comes first): its bounding
+/// set stays as the daemon's was, with nothing held and nothing to regain.
 pub fn drop_capabilities() -> std::io::Result<()> {
     // SAFETY: prctl(2) and capset(2) with plain integer arguments and a
     // header/data pair on this stack frame; no allocation, no locks.
@@ -386,10 +389,12 @@ impl Prepared {
     pub fn apply(&mut self) -> std::io::Result<()> {
         use nix::sys::resource::{Resource, setrlimit};
         setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(errno)?;
+        // The sweep before the lower RLIMIT_NOFILE: its fallback (before
+        // Linux 5.11) stops at the limit, and would miss what lies above.
+        cloexec_all_but(&self.keep)?;
         if let Some(n) = self.nofile {
             setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(errno)?;
         }
-        cloexec_all_but(&self.keep)?;
         if self.bwrap_seccomp.is_none() {
             // bwrap needs its own capabilities to build the sandbox, and
             // drops them for the host (`--cap-drop ALL`).
@@ -466,67 +471,5 @@ fn unsafe_abi_version() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gaps(keep: &[RawFd]) -> Vec<(u32, u32)> {
-        let mut out = Vec::new();
-        for_each_gap(keep, |lo, hi| {
-            out.push((lo, hi));
-            Ok(())
-        })
-        .unwrap();
-        out
-    }
-
-    #[test]
-    fn the_descriptor_sweep_skips_stdio_and_kept_descriptors() {
-        const MAX: u32 = u32::MAX;
-        type Case = (&'static [RawFd], &'static [(u32, u32)]);
-        let table: &[Case] = &[
-            (&[], &[(3, MAX)]),
-            (&[0, 1, 2], &[(3, MAX)]),
-            (&[3], &[(4, MAX)]),
-            (&[5], &[(3, 4), (6, MAX)]),
-            (&[5, 6, 9], &[(3, 4), (7, 8), (10, MAX)]),
-            (&[-1, 4], &[(3, 3), (5, MAX)]),
-        ];
-        for (keep, want) in table {
-            assert_eq!(gaps(keep), *want, "keep {keep:?}");
-        }
-    }
-
-    #[test]
-    fn kept_descriptors_stay_sorted_and_unique() {
-        let mut p = prepare(&SandboxPolicy {
-            off: true,
-            ..Default::default()
-        })
-        .unwrap();
-        for fd in [9, 4, 9, 6] {
-            p.keep_open(fd);
-        }
-        assert_eq!(p.keep, vec![4, 6, 9]);
-    }
-
-    #[test]
-    fn the_profile_builds() {
-        let p = prepare(&SandboxPolicy {
-            writable: vec![std::env::temp_dir()],
-            ..Default::default()
-        })
-        .unwrap();
-        assert!(p.ruleset.is_some() && p.bpf.is_some());
-        assert!(
-            prepare(&SandboxPolicy {
-                off: true,
-                ..Default::default()
-            })
-            .unwrap()
-            .bpf
-            .is_none()
-        );
-        let s = support();
-        assert!(s.landlock.starts_with('v') || s.landlock == "unsupported");
-    }
-}
+#[path = "sandbox_tests.rs"]
+mod tests;

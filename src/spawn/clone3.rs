@@ -35,11 +35,16 @@
 //! A failing step writes its errno to the error pipe and `_exit(127)`s;
 //! the parent reaps it and reports `SpawnError::Exec`, as `std` does.
 //!
-//! Where the kernel has no `clone3` (ENOSYS, as some container seccomp
-//! profiles answer), the caller falls back to the `fork` path, remembered
-//! for the daemon's life; where it has `clone3` but not `CLONE_INTO_CGROUP`
-//! (before Linux 5.7), the child joins the cgroup itself. `DSCODE_HOSTD_SPAWN
-//! =fork` forces the fallback (read once).
+//! Whether the path is usable is probed once, before the first host, and
+//! logged at info: without `clone3` (ENOSYS), with it filtered (EPERM:
+//! the seccomp filters of containers, snap, systemd's `SystemCallFilter`),
+//! without `waitid(P_PIDFD)` (Linux 5.3) or on a 32-bit target, the caller
+//! falls back to the `fork` path for the daemon's life; the first clones
+//! can still turn it off the same way. `CLONE_INTO_CGROUP` is learnt
+//! apart: where a clone asking for it fails with EINVAL or E2BIG before one
+//! succeeded with it (Linux 5.3–5.6), the same spawn is retried without it
+//! and the child joins the cgroup itself, then and from then on.
+//! `DSCODE_HOSTD_SPAWN=fork` forces the fallback (read once).
 //!
 //! Over 500 lines with its long doc: the parent's preparation, the clone and
 //! the child's steps stay in one file, since the child's soundness rests on
@@ -72,7 +77,13 @@ impl SpawnPath {
     /// The daemon's choice, read from the environment once.
     pub fn configured() -> SpawnPath {
         static PATH: OnceLock<SpawnPath> = OnceLock::new();
-        *PATH.get_or_init(|| SpawnPath::parse(std::env::var_os(SPAWN_ENV).as_deref()))
+        *PATH.get_or_init(|| {
+            let path = SpawnPath::parse(std::env::var_os(SPAWN_ENV).as_deref());
+            if path == SpawnPath::Fork {
+                tracing::info!("hosts are forked: {SPAWN_ENV}=fork");
+            }
+            path
+        })
     }
 
     fn parse(value: Option<&OsStr>) -> SpawnPath {
@@ -107,42 +118,173 @@ struct CloneArgs {
 /// `CLONE_INTO_CGROUP` (Linux 5.7), which libc's `c_int` cannot hold.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// What the kernel was found to support, learnt on first use.
-static KERNEL: AtomicU8 = AtomicU8::new(UNTRIED);
+/// What the spawns found this kernel to do: one for the daemon
+/// ([`LEARNT`]); tests make their own.
+struct Learnt {
+    /// `clone3` itself: [`WORKS`] once a clone succeeded, [`REFUSED`] once
+    /// one before it failed as a missing or filtered `clone3` does.
+    clone3: AtomicU8,
+    /// `CLONE_INTO_CGROUP`, learnt apart from `clone3` (Linux 5.3–5.6 have
+    /// `clone3` without it): [`WORKS`] only once a clone that used it
+    /// succeeded, [`REFUSED`] once one using it failed with EINVAL or E2BIG
+    /// before that.
+    into_cgroup: AtomicU8,
+}
+
 const UNTRIED: u8 = 0;
 const WORKS: u8 = 1;
-const NO_INTO_CGROUP: u8 = 2;
-const NO_CLONE3: u8 = 3;
+const REFUSED: u8 = 2;
 
-/// Whether `clone3` is known not to work here (then every spawn forks).
+impl Learnt {
+    const fn new() -> Learnt {
+        Learnt {
+            clone3: AtomicU8::new(UNTRIED),
+            into_cgroup: AtomicU8::new(UNTRIED),
+        }
+    }
+}
+
+static LEARNT: Learnt = Learnt::new();
+
+/// Whether the `clone3` path is not usable here: so probed, or refused by a
+/// clone since (then every spawn forks).
 pub fn unavailable() -> bool {
-    KERNEL.load(Ordering::Relaxed) == NO_CLONE3
+    !probed() || LEARNT.clone3.load(Ordering::Relaxed) == REFUSED
+}
+
+/// Why the `clone3` path is not used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Unusable {
+    /// Only 64-bit targets take it: on 32-bit arm and x86 (and m68k, sh,
+    /// sparc) `SYS_setresuid`, `SYS_setresgid` and `SYS_setgroups` are the
+    /// legacy 16-bit-id calls, which would truncate `run_as`'s ids; glibc's
+    /// wrappers on the fork path pick the 32-bit ones.
+    #[error("a 32-bit target (the raw id syscalls there take 16-bit ids)")]
+    Target,
+    /// `clone3(NULL, 0)` answered this instead of EINVAL: ENOSYS (before
+    /// Linux 5.3, or a container's seccomp profile), EPERM (a seccomp
+    /// filter: containers, snap, systemd's `SystemCallFilter`).
+    #[error("clone3 is missing or filtered (errno {0})")]
+    Clone3(i32),
+    /// `waitid(P_PIDFD, <no such descriptor>)` answered this instead of
+    /// EBADF: EINVAL before Linux 5.4 (5.3 has `clone3` and `CLONE_PIDFD`
+    /// but cannot wait on a pidfd), or a filter's answer.
+    #[error("waitid(P_PIDFD) is missing or filtered (errno {0})")]
+    WaitPidfd(i32),
+}
+
+/// Whether this kernel gives the `clone3` path what it needs, probed on
+/// first use; logs once, at info, which path hosts take.
+fn probed() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| match probe() {
+        Ok(()) => {
+            tracing::info!("hosts are created by clone3");
+            true
+        }
+        Err(why) => {
+            tracing::info!(reason = %why, "hosts are forked: clone3 is not usable here");
+            false
+        }
+    })
+}
+
+/// Ask the kernel, without creating anything: `clone3` with a size below
+/// the smallest `struct clone_args` is EINVAL where it exists; `waitid`
+/// on a descriptor that cannot be open is EBADF where `P_PIDFD` exists.
+fn probe() -> Result<(), Unusable> {
+    if !cfg!(target_pointer_width = "64") {
+        return Err(Unusable::Target);
+    }
+    // SAFETY: with size 0 the kernel refuses before reading `args` (NULL):
+    // nothing is read, written or created.
+    let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+    let clone3 = if clone3 < 0 { errno() } else { 0 };
+    // SAFETY: an all-zero siginfo_t is a valid value (plain integers).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes at most into `info`, which we own; descriptor
+    // i32::MAX is above any descriptor limit, so no process is waited for.
+    let waitid = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            i32::MAX as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+    let waitid = if waitid < 0 { errno() } else { 0 };
+    decide(clone3, waitid)
+}
+
+/// The probe's verdict from the two errnos (0: the call succeeded, which
+/// neither can where the kernel works as documented).
+fn decide(clone3: i32, waitid: i32) -> Result<(), Unusable> {
+    if clone3 != libc::EINVAL {
+        return Err(Unusable::Clone3(clone3));
+    }
+    if waitid != libc::EBADF {
+        return Err(Unusable::WaitPidfd(waitid));
+    }
+    Ok(())
+}
+
+/// What to do after a clone failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// `clone3` is missing or filtered: fork this host and every later one.
+    Fork,
+    /// The kernel has no `CLONE_INTO_CGROUP`: clone again without it (the
+    /// child joins through `cgroup.procs`), and never use it again.
+    WithoutIntoCgroup,
+    /// A real error: the start fails.
+    Fail,
+}
+
+/// What a clone's `errno` means, given whether it asked for
+/// `CLONE_INTO_CGROUP` and what earlier clones proved to work.
+fn after_failure(errno: Option<i32>, into: bool, clone3_works: bool, into_works: bool) -> Next {
+    match errno {
+        Some(libc::ENOSYS | libc::EPERM) if !clone3_works => Next::Fork,
+        Some(libc::EINVAL | libc::E2BIG) if into && !into_works => Next::WithoutIntoCgroup,
+        Some(libc::EINVAL | libc::E2BIG) if !into && !clone3_works => Next::Fork,
+        _ => Next::Fail,
+    }
 }
 
 /// Spawn `spec` by `clone3`, or `Ok(None)` where this path does not apply
-/// (the kernel has no `clone3`; a program without a `/` and no verified
+/// (`clone3` is not usable here; a program without a `/` and no verified
 /// descriptor, which `std` looks up in `PATH`): the caller forks instead.
 /// `sandbox` is applied in the child; the parent's copy is untouched, so
 /// the caller can still fork with it.
 pub(super) fn spawn(
     spec: &LaunchSpec,
-    mut sandbox: Option<&mut Prepared>,
+    sandbox: Option<&mut Prepared>,
 ) -> Result<Option<Spawned>, SpawnError> {
     if unavailable()
         || (spec.exec_fd.is_none() && !spec.node.as_os_str().as_bytes().contains(&b'/'))
     {
         return Ok(None);
     }
+    let into = spec.cgroup_dir.as_ref().map(|d| d.as_raw_fd());
+    spawn_learning(&LEARNT, spec, sandbox, into)
+}
+
+/// [`spawn`], asking the kernel to create the child in cgroup `into` (a
+/// cgroup2 directory whose `cgroup.procs` is the first of
+/// `spec.cgroup_procs`) unless `learnt` says it cannot, and learning from
+/// the answer.
+fn spawn_learning(
+    learnt: &Learnt,
+    spec: &LaunchSpec,
+    mut sandbox: Option<&mut Prepared>,
+    into: Option<RawFd>,
+) -> Result<Option<Spawned>, SpawnError> {
     let exec_err = |e: io::Error| SpawnError::Exec {
         path: spec.node.clone(),
         source: Arc::new(e),
     };
     let image = Image::new(spec).map_err(exec_err)?;
-    let mut into = spec
-        .cgroup_dir
-        .as_ref()
-        .filter(|_| KERNEL.load(Ordering::Relaxed) != NO_INTO_CGROUP)
-        .map(|d| d.as_raw_fd());
+    let mut into = into.filter(|_| learnt.into_cgroup.load(Ordering::Relaxed) != REFUSED);
     loop {
         let stdio = Stdio::new().map_err(exec_err)?;
         // The cgroup2 cgroup's `cgroup.procs` is the first of them: skip
@@ -169,32 +311,35 @@ pub(super) fn spawn(
         // then: CLONE_VFORK).
         match unsafe { clone(&child, into, sandbox.as_deref_mut()) } {
             Ok((pid, pidfd)) => {
-                let _ =
-                    KERNEL.compare_exchange(UNTRIED, WORKS, Ordering::Relaxed, Ordering::Relaxed);
+                learnt.clone3.store(WORKS, Ordering::Relaxed);
+                if into.is_some() {
+                    learnt.into_cgroup.store(WORKS, Ordering::Relaxed);
+                }
                 return finish(spec, pid, pidfd, stdio).map(Some);
             }
-            Err(e) => {
-                let untried = KERNEL.load(Ordering::Relaxed) == UNTRIED;
-                match e.raw_os_error() {
-                    Some(libc::ENOSYS) => {
-                        KERNEL.store(NO_CLONE3, Ordering::Relaxed);
-                        tracing::info!("no clone3 on this kernel; hosts are forked");
-                        return Ok(None);
+            Err(e) => match after_failure(
+                e.raw_os_error(),
+                into.is_some(),
+                learnt.clone3.load(Ordering::Relaxed) == WORKS,
+                learnt.into_cgroup.load(Ordering::Relaxed) == WORKS,
+            ) {
+                Next::Fork => {
+                    if learnt.clone3.swap(REFUSED, Ordering::Relaxed) != REFUSED {
+                        tracing::info!(error = %e, "clone3 refused; hosts are forked");
                     }
-                    Some(libc::EINVAL | libc::E2BIG) if untried && into.is_some() => {
-                        KERNEL.store(NO_INTO_CGROUP, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                Next::WithoutIntoCgroup => {
+                    if learnt.into_cgroup.swap(REFUSED, Ordering::Relaxed) != REFUSED {
                         tracing::info!(
+                            error = %e,
                             "no CLONE_INTO_CGROUP on this kernel; hosts join their cgroup after clone3"
                         );
-                        into = None;
                     }
-                    Some(libc::EINVAL | libc::E2BIG) if untried => {
-                        KERNEL.store(NO_CLONE3, Ordering::Relaxed);
-                        return Ok(None);
-                    }
-                    _ => return Err(exec_err(e)),
+                    into = None;
                 }
-            }
+                Next::Fail => return Err(exec_err(e)),
+            },
         }
     }
 }

@@ -227,27 +227,165 @@ async fn the_host_is_in_its_cgroup() {
         let s = spawned(&spec, path);
         if path == SpawnPath::Auto {
             // Placed by the kernel, not by a cgroup.procs write of its own.
-            assert_eq!(KERNEL.load(Ordering::Relaxed), WORKS);
+            assert_eq!(LEARNT.into_cgroup.load(Ordering::Relaxed), WORKS);
         }
-        let pid = s.pid;
-        let contained = cgroups.contain(s.group);
-        let dir = contained.cgroup_dir().unwrap();
-        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        let v2 = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        assert!(
-            dir.ends_with(v2.trim_start_matches('/')),
-            "{path:?}: {v2} vs {}",
-            dir.display()
+        end_in_cgroup(s, cgroups, &format!("{path:?}")).await;
+    }
+}
+
+/// Assert `s` is in the cgroup2 cgroup of `cgroups`, then kill and reap it
+/// and remove the cgroup.
+async fn end_in_cgroup(s: Spawned, cgroups: crate::spawn::Cgroups, what: &str) {
+    let pid = s.pid;
+    let contained = cgroups.contain(s.group);
+    let dir = contained.cgroup_dir().unwrap();
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert!(
+        dir.ends_with(v2.trim_start_matches('/')),
+        "{what}: {v2} vs {}",
+        dir.display()
+    );
+    let listed = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(
+        listed.lines().any(|l| l == pid.to_string()),
+        "{what}: {listed}"
+    );
+    contained.kill();
+    let mut child = s.child;
+    child.wait().await.unwrap();
+    contained.release();
+}
+
+#[test]
+fn the_probe_decides_on_the_errnos() {
+    use libc::{E2BIG, EBADF, EINVAL, ENOSYS, EPERM};
+    let table = [
+        ((EINVAL, EBADF), Ok(())),
+        // No clone3 (before 5.3, or a container's seccomp answer).
+        ((ENOSYS, EBADF), Err(Unusable::Clone3(ENOSYS))),
+        // Filtered: snap, systemd's SystemCallFilter, containers.
+        ((EPERM, EBADF), Err(Unusable::Clone3(EPERM))),
+        ((E2BIG, EBADF), Err(Unusable::Clone3(E2BIG))),
+        ((0, EBADF), Err(Unusable::Clone3(0))),
+        // Linux 5.3: clone3 and CLONE_PIDFD, no waitid(P_PIDFD).
+        ((EINVAL, EINVAL), Err(Unusable::WaitPidfd(EINVAL))),
+        ((EINVAL, EPERM), Err(Unusable::WaitPidfd(EPERM))),
+        ((EINVAL, ENOSYS), Err(Unusable::WaitPidfd(ENOSYS))),
+        ((ENOSYS, EINVAL), Err(Unusable::Clone3(ENOSYS))),
+    ];
+    for ((clone3, waitid), want) in table {
+        assert_eq!(
+            decide(clone3, waitid),
+            want,
+            "clone3 {clone3}, waitid {waitid}"
         );
-        let listed = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
-        assert!(
-            listed.lines().any(|l| l == pid.to_string()),
-            "{path:?}: {listed}"
+    }
+}
+
+/// This kernel (≥ 5.4, unfiltered, 64-bit) answers the probe as documented:
+/// the other tests rely on `Auto` being clone3 here.
+#[test]
+fn the_probe_finds_clone3_usable_here() {
+    assert_eq!(probe(), Ok(()));
+    assert!(probed() && !unavailable());
+}
+
+#[test]
+fn a_failed_clone_is_read_by_its_errno_and_what_worked_before() {
+    use libc::{E2BIG, EACCES, EBUSY, EINVAL, ENOSYS, EPERM};
+    // (errno, with CLONE_INTO_CGROUP, clone3 worked, it worked) → next.
+    let table = [
+        // Missing or filtered clone3, before any clone succeeded.
+        ((ENOSYS, false, false, false), Next::Fork),
+        ((EPERM, true, false, false), Next::Fork),
+        // ... but after one did, a real error.
+        ((EPERM, false, true, false), Next::Fail),
+        ((ENOSYS, true, true, true), Next::Fail),
+        // Linux 5.3–5.6: with CLONE_INTO_CGROUP, EINVAL (unknown flag) or
+        // E2BIG (a larger struct); also after a clone without it worked.
+        ((EINVAL, true, false, false), Next::WithoutIntoCgroup),
+        ((E2BIG, true, false, false), Next::WithoutIntoCgroup),
+        ((EINVAL, true, true, false), Next::WithoutIntoCgroup),
+        ((E2BIG, true, true, false), Next::WithoutIntoCgroup),
+        // Once a clone into a cgroup worked, EINVAL is a real error.
+        ((EINVAL, true, true, true), Next::Fail),
+        // Without it: the clone3 itself is refused, unless it worked.
+        ((EINVAL, false, false, false), Next::Fork),
+        ((EINVAL, false, true, false), Next::Fail),
+        // Other errors fail the start.
+        ((EBUSY, true, false, false), Next::Fail),
+        ((EACCES, false, false, false), Next::Fail),
+    ];
+    for ((errno, into, clone3_works, into_works), want) in table {
+        assert_eq!(
+            after_failure(Some(errno), into, clone3_works, into_works),
+            want,
+            "errno {errno}, into {into}, clone3 {clone3_works}, into {into_works}"
         );
-        contained.kill();
-        let mut child = s.child;
-        child.wait().await.unwrap();
-        contained.release();
+    }
+    assert_eq!(after_failure(None, true, false, false), Next::Fail);
+}
+
+/// A first clone without a cgroup works; a later one asking for
+/// `CLONE_INTO_CGROUP` gets EINVAL, as on Linux 5.3–5.6 (here: a cgroup
+/// descriptor above INT_MAX, which this kernel answers so). The spawn is
+/// retried without it and the host joins its cgroup itself, then and after.
+#[tokio::test]
+async fn without_clone_into_cgroup_the_host_joins_its_cgroup_itself() {
+    let Some(root) = crate::cgroup::detect() else {
+        eprintln!("skipped: no writable cgroup2 subtree");
+        return;
+    };
+    let roots = crate::spawn::CgroupRoots {
+        v2: Some(root),
+        ..Default::default()
+    };
+    let learnt = Learnt::new();
+    let s = spawn_learning(&learnt, &sh("exit 0"), None, None)
+        .unwrap()
+        .unwrap();
+    let mut child = s.child;
+    child.wait().await.unwrap();
+    assert_eq!(learnt.clone3.load(Ordering::Relaxed), WORKS);
+    assert_eq!(learnt.into_cgroup.load(Ordering::Relaxed), UNTRIED);
+    for (round, into) in [(1, -1), (2, 0)] {
+        let mut spec = sh("sleep 100");
+        let id = format!("unit.clone3.nointo{round}");
+        let cgroups = crate::spawn::Cgroups::make(&id, &roots, Default::default(), &mut spec);
+        let into = match into {
+            -1 => -1,
+            _ => spec.cgroup_dir.as_ref().unwrap().as_raw_fd(),
+        };
+        let s = spawn_learning(&learnt, &spec, None, Some(into))
+            .unwrap()
+            .expect("spawned by clone3");
+        assert_eq!(learnt.into_cgroup.load(Ordering::Relaxed), REFUSED);
+        end_in_cgroup(s, cgroups, &format!("round {round}")).await;
+    }
+}
+
+/// Dropped unreaped outside any runtime, a process is reaped all the same.
+#[test]
+fn a_process_dropped_without_a_runtime_is_reaped() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = {
+        let _rt = rt.enter();
+        spawned(&sh("sleep 0.2"), SpawnPath::Auto)
+    };
+    drop(rt);
+    let pid = s.pid;
+    drop(s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{pid} was never reaped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -69,10 +69,14 @@ impl HostProcess {
         stderr: std::os::fd::OwnedFd,
     ) -> io::Result<HostProcess> {
         use tokio::net::unix::pipe::Receiver;
+        let stdout = Receiver::from_owned_fd(stdout)?;
+        let stderr = Receiver::from_owned_fd(stderr)?;
+        // Last: a `Pidfd` that is dropped reaps the child in the background,
+        // so nothing may fail after it (the caller reaps by pid on an error).
         let pidfd = pidfd::Pidfd::new(pidfd)?;
         Ok(HostProcess {
-            stdout: Some(Box::new(Receiver::from_owned_fd(stdout)?)),
-            stderr: Some(Box::new(Receiver::from_owned_fd(stderr)?)),
+            stdout: Some(Box::new(stdout)),
+            stderr: Some(Box::new(stderr)),
             pid,
             inner: Inner::Pidfd(pidfd),
         })
@@ -113,7 +117,8 @@ mod pidfd {
     use tokio::io::unix::AsyncFd;
 
     /// A child waited for through its pidfd. Dropped before it was reaped,
-    /// it is reaped in the background (no zombie is left behind).
+    /// it is reaped in the background, by a task of the current runtime or,
+    /// outside one, by a thread of its own (no zombie is left behind).
     pub(super) struct Pidfd {
         fd: Option<AsyncFd<OwnedFd>>,
         status: Option<ExitStatus>,
@@ -160,10 +165,18 @@ mod pidfd {
             if !matches!(try_reap(fd.get_ref()), Ok(None)) {
                 return;
             }
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let _ = reap(&fd).await;
-                });
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        let _ = reap(&fd).await;
+                    });
+                }
+                Err(_) => {
+                    let fd = fd.into_inner();
+                    let _ = std::thread::Builder::new()
+                        .name("hostd-reap".into())
+                        .spawn(move || waitid(&fd, libc::WEXITED));
+                }
             }
         }
     }
@@ -185,6 +198,12 @@ mod pidfd {
     /// `waitid(P_PIDFD, fd, WEXITED | WNOHANG)`: the status as `wait(2)`
     /// would have given it, or `None` while the process runs.
     fn try_reap(fd: &OwnedFd) -> io::Result<Option<ExitStatus>> {
+        waitid(fd, libc::WEXITED | libc::WNOHANG)
+    }
+
+    /// `waitid(P_PIDFD, fd, options)`: the status, or `None` while the
+    /// process runs (`WNOHANG`); without `WNOHANG` it blocks until the exit.
+    fn waitid(fd: &OwnedFd, options: libc::c_int) -> io::Result<Option<ExitStatus>> {
         // SAFETY: an all-zero siginfo_t is a valid value (plain integers).
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         loop {
@@ -195,7 +214,7 @@ mod pidfd {
                     libc::P_PIDFD,
                     fd.as_raw_fd() as libc::id_t,
                     &mut info,
-                    libc::WEXITED | libc::WNOHANG,
+                    options,
                 )
             };
             if r == 0 {
