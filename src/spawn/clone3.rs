@@ -155,11 +155,13 @@ pub fn unavailable() -> bool {
 /// Why the `clone3` path is not used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Unusable {
-    /// Only 64-bit targets take it: on 32-bit arm and x86 (and m68k, sh,
-    /// sparc) `SYS_setresuid`, `SYS_setresgid` and `SYS_setgroups` are the
-    /// legacy 16-bit-id calls, which would truncate `run_as`'s ids; glibc's
-    /// wrappers on the fork path pick the 32-bit ones.
-    #[error("a 32-bit target (the raw id syscalls there take 16-bit ids)")]
+    /// Only x86_64, aarch64 and riscv64 take it. On 32-bit arm and x86
+    /// (and m68k, sh, sparc) `SYS_setresuid`, `SYS_setresgid` and
+    /// `SYS_setgroups` are the legacy 16-bit-id calls, which would truncate
+    /// `run_as`'s ids (glibc's wrappers on the fork path pick the 32-bit
+    /// ones); on mips the kernel's signal set is 128 bits, not the 64 the
+    /// child's raw `rt_sigprocmask` passes.
+    #[error("not a target the clone3 path is built for (x86_64, aarch64, riscv64)")]
     Target,
     /// `clone3(NULL, 0)` answered this instead of EINVAL: ENOSYS (before
     /// Linux 5.3, or a container's seccomp profile), EPERM (a seccomp
@@ -193,7 +195,11 @@ fn probed() -> bool {
 /// the smallest `struct clone_args` is EINVAL where it exists; `waitid`
 /// on a descriptor that cannot be open is EBADF where `P_PIDFD` exists.
 fn probe() -> Result<(), Unusable> {
-    if !cfg!(target_pointer_width = "64") {
+    if !cfg!(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )) {
         return Err(Unusable::Target);
     }
     // SAFETY: with size 0 the kernel refuses before reading `args` (NULL):
