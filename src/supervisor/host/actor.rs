@@ -42,6 +42,8 @@ pub(super) struct HostActor {
     pub(super) messages: Arc<MessageHub>,
     pub(super) spawner: Arc<spawn::Spawner>,
     pub(super) records: Option<Arc<Records>>,
+    /// Removes released cgroups off this actor's path.
+    pub(super) cleanup: spawn::Cleanup,
     rx: mpsc::Receiver<Command>,
     pub(super) logs: SharedLogRing,
     /// Shared with the handle so requests bypass the actor.
@@ -119,6 +121,7 @@ impl HostActor {
             messages: parts.messages,
             spawner: parts.spawner,
             records: parts.records,
+            cleanup: parts.cleanup,
             rx,
             logs,
             session_slot,
@@ -495,7 +498,7 @@ impl HostActor {
         // Its IPC directory (at rest, no socket in it is in use). Windows
         // pipes have no directory.
         ipc::transport::remove_host_dir(&self.settings().runtime_dir, &self.id);
-        self.leftovers.release();
+        self.leftovers.release(&self.cleanup);
         self.bus.removed(self.live());
         if let Some(reg) = self.registry.upgrade() {
             reg.remove_instance(&self.id, self.instance);
