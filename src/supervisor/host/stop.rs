@@ -1,6 +1,13 @@
 //! The stop path: SIGTERM to the group, SIGKILL at the stop timeout, then
 //! wait until nothing is left (the cgroup2 cgroup's emptying is the event
-//! where there is one; the group is polled otherwise), and `stopped`.
+//! where there is one; the group is polled otherwise), and `stopped`: the
+//! reply goes then. Removing the cgroups follows, on the clean-up task
+//! (`spawn::cleanup`), and `running.json`'s rewrite on its writer task;
+//! neither is waited for.
+//!
+//! The SIGTERM is the first thing a stop does, and the actor then yields
+//! once: the other actors a batch of stops has woken send theirs before
+//! any of them does its bookkeeping.
 //!
 //! Processes that outlive SIGKILL by [`KILL_GRACE`] (a process stuck in the
 //! kernel, one the daemon may not signal) do not hold the stop: it ends
@@ -133,6 +140,14 @@ impl HostActor {
             }
             _ => {}
         }
+        // The signal first, then let every other actor with a command
+        // waiting send its own before this one does its bookkeeping: a
+        // batch of stops (a JSON-RPC batch, a shutdown) is one batch of
+        // signals, not one signal per actor turn.
+        if let Some(c) = &self.contained {
+            c.terminate();
+            tokio::task::yield_now().await;
+        }
         self.restart_at = None;
         self.stable_at = None;
         self.end_session("the host is stopping");
@@ -146,8 +161,7 @@ impl HostActor {
             waiters: vec![reply],
             restarts: Vec::new(),
         };
-        if let Some(c) = &self.contained {
-            c.terminate();
+        if self.contained.is_some() {
             stopping.kill_at = Some(Instant::now() + timeout);
             if self.child.is_none() {
                 stopping.poll_at = Some(Instant::now());
