@@ -219,7 +219,14 @@ impl HostActor {
             // events before the ready deadline, commands before timers.
             tokio::select! {
                 biased;
-                res = wait_opt(&mut self.child) => self.on_exit(res),
+                res = wait_opt(&mut self.child) => {
+                    self.on_exit(res);
+                    // A stopping host's leader is gone: see at once
+                    // whether anything is left, not a wake-up later.
+                    if self.stop.as_ref().is_some_and(|s| s.poll_at.is_some()) {
+                        self.on_stop_timer().await;
+                    }
+                }
                 Some((generation, ev)) = self.ipc_rx.recv() => self.on_ipc(generation, ev),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Remove(reply)) => {
