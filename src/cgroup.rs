@@ -197,9 +197,12 @@ pub trait Cgroup {
     fn dir(&self) -> &Path;
     /// Whether any process is left in it.
     fn populated(&self) -> bool;
-    /// Remove it (only succeeds once it is empty).
-    fn remove(&self) {
-        let _ = std::fs::remove_dir(self.dir());
+    /// Remove it (only succeeds once it is empty); `true` once it is gone.
+    fn remove(&self) -> bool {
+        match std::fs::remove_dir(self.dir()) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
     }
 }
 

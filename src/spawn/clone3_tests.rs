@@ -254,7 +254,7 @@ async fn end_in_cgroup(s: Spawned, cgroups: crate::spawn::Cgroups, what: &str) {
     contained.kill();
     let mut child = s.child;
     child.wait().await.unwrap();
-    contained.release();
+    contained.release(&crate::spawn::Cleanup::start());
 }
 
 #[test]

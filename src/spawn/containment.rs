@@ -15,12 +15,8 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 
+use super::cleanup::{Cleanup, Remains};
 use super::{LaunchSpec, ProcessGroup, StopSignal, UsageProbe};
-
-/// How long a released cgroup may take to empty (a SIGKILL just sent takes
-/// a moment to land) before it is left in place with a warning.
-#[cfg(target_os = "linux")]
-const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where per-host cgroups are made (Linux; found at start-up).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,27 +92,59 @@ impl Cgroups {
         }
     }
 
-    /// Remove them once empty, in the background (the spawn they were made
-    /// for failed, or their process is gone).
-    pub fn release(self) {
+    /// Hand them to `cleanup`, which removes them once empty, off the
+    /// caller's path (the spawn they were made for failed, or their
+    /// process is gone). Nothing is queued when there is nothing to remove.
+    pub fn release(self, cleanup: &Cleanup) {
+        if !self.is_empty() {
+            cleanup.release(self);
+        }
+    }
+
+    /// No cgroup was made.
+    fn is_empty(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            self.v2.is_none() && self.v1.is_empty()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            true
+        }
+    }
+}
+
+impl Remains for Cgroups {
+    /// `rmdir` each cgroup that no process is left in; `true` once all are
+    /// gone.
+    fn try_remove(&mut self) -> bool {
         #[cfg(target_os = "linux")]
         {
             use crate::cgroup::Cgroup as _;
-            if let Some(cg) = self.v2 {
-                // cgroup2 says when it empties; v1 cgroups are polled.
-                tokio::spawn(async move {
-                    match tokio::time::timeout(RELEASE_GRACE, cg.clone().emptied()).await {
-                        Ok(Ok(())) => cg.remove(),
-                        Ok(Err(_)) => remove_when_empty(cg),
-                        Err(_) => {
-                            tracing::warn!(cgroup = %cg.dir().display(), "cgroup still populated; left in place")
-                        }
-                    }
-                });
+            if self
+                .v2
+                .as_ref()
+                .is_some_and(|cg| !cg.populated() && cg.remove())
+            {
+                self.v2 = None;
             }
-            for cg in self.v1 {
-                remove_when_empty(cg);
-            }
+            self.v1.retain(|cg| cg.populated() || !cg.remove());
+        }
+        self.is_empty()
+    }
+
+    fn describe(&self) -> String {
+        #[cfg(target_os = "linux")]
+        {
+            use crate::cgroup::Cgroup as _;
+            let dirs: Vec<String> = (self.v2.iter().map(|cg| cg.dir().display().to_string()))
+                .chain(self.v1.iter().map(|cg| cg.dir().display().to_string()))
+                .collect();
+            format!("cgroups {}", dirs.join(", "))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            "no cgroups".into()
         }
     }
 }
@@ -203,27 +231,12 @@ impl Containment {
     }
 
     /// Let go: the group handle is dropped (on Windows that closes the job,
-    /// which kills whatever is left in it) and the cgroups are removed once
-    /// empty, in the background.
-    pub fn release(self) {
+    /// which kills whatever is left in it) and the cgroups go to `cleanup`,
+    /// which removes them once empty.
+    pub fn release(self, cleanup: &Cleanup) {
         let Containment { cgroups, .. } = self;
-        cgroups.release();
+        cgroups.release(cleanup);
     }
-}
-
-/// Remove a cgroup once its last process is gone, in the background.
-#[cfg(target_os = "linux")]
-fn remove_when_empty(cg: impl crate::cgroup::Cgroup + Send + 'static) {
-    tokio::spawn(async move {
-        for _ in 0..500 {
-            if !cg.populated() {
-                cg.remove();
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        tracing::warn!(cgroup = %cg.dir().display(), "cgroup still populated; left in place");
-    });
 }
 
 #[cfg(target_os = "linux")]
@@ -332,7 +345,7 @@ mod tests {
         s.child.wait().await.unwrap();
         until("the group survived SIGKILL", || !c.group_alive()).await;
         assert_eq!(c.leftover_pids(), Vec::<u32>::new());
-        c.release();
+        c.release(&Cleanup::start());
     }
 
     /// With a cgroup2 cgroup (where one is writable): a descendant that
@@ -364,7 +377,7 @@ mod tests {
             .expect("no event within 5 s of the kill")
             .unwrap();
         assert_eq!(c.leftover_pids(), Vec::<u32>::new());
-        c.release();
+        c.release(&Cleanup::start());
         until("the cgroup was not removed", || !dir.exists()).await;
     }
 }

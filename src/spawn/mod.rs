@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
+pub mod cleanup;
 #[cfg(target_os = "linux")]
 pub mod clone3;
 pub mod containment;
@@ -40,6 +41,7 @@ mod windows;
 #[cfg(windows)]
 pub use windows::{ProcessGroup, UsageProbe};
 
+pub use cleanup::Cleanup;
 pub use containment::{CgroupRoots, Cgroups, Containment, Emptied, Limits};
 pub use node::{resolve_node, target_triple};
 pub use prepare::{HostLaunch, Prepared, SandboxPolicy, prepare};

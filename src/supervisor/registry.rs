@@ -25,6 +25,9 @@ pub struct Supervisor {
     spawner: std::sync::OnceLock<Arc<crate::spawn::Spawner>>,
     /// `running.json`, started with the first host; `None` without a state dir.
     records: std::sync::OnceLock<Option<Arc<records::Records>>>,
+    /// Removes released cgroups off every reply path; started with the
+    /// first host.
+    cleanup: std::sync::OnceLock<crate::spawn::Cleanup>,
     messages: Arc<messages::MessageHub>,
     bus: Arc<EventBus>,
     registry: Arc<Registry>,
@@ -75,6 +78,7 @@ impl Supervisor {
             config: watch::Sender::new(Arc::new(config)),
             spawner: std::sync::OnceLock::new(),
             records: std::sync::OnceLock::new(),
+            cleanup: std::sync::OnceLock::new(),
             messages: messages::MessageHub::new(hub_limits),
             bus: Arc::new(EventBus::new()),
             registry: Arc::new(Registry::default()),
@@ -240,6 +244,10 @@ impl Supervisor {
                     let dir = self.config().state_dir.clone()?;
                     Some(records::Records::start(dir.join("running.json")))
                 })
+                .clone(),
+            cleanup: self
+                .cleanup
+                .get_or_init(crate::spawn::Cleanup::start)
                 .clone(),
         });
         hosts.insert(id.to_string(), handle.clone());

@@ -42,6 +42,8 @@ pub(super) struct HostActor {
     pub(super) messages: Arc<MessageHub>,
     pub(super) spawner: Arc<spawn::Spawner>,
     pub(super) records: Option<Arc<Records>>,
+    /// Removes released cgroups off this actor's path.
+    pub(super) cleanup: spawn::Cleanup,
     rx: mpsc::Receiver<Command>,
     pub(super) logs: SharedLogRing,
     /// Shared with the handle so requests bypass the actor.
@@ -119,6 +121,7 @@ impl HostActor {
             messages: parts.messages,
             spawner: parts.spawner,
             records: parts.records,
+            cleanup: parts.cleanup,
             rx,
             logs,
             session_slot,
@@ -216,7 +219,14 @@ impl HostActor {
             // events before the ready deadline, commands before timers.
             tokio::select! {
                 biased;
-                res = wait_opt(&mut self.child) => self.on_exit(res),
+                res = wait_opt(&mut self.child) => {
+                    self.on_exit(res);
+                    // A stopping host's leader is gone: see at once
+                    // whether anything is left, not a wake-up later.
+                    if self.stop.as_ref().is_some_and(|s| s.poll_at.is_some()) {
+                        self.on_stop_timer().await;
+                    }
+                }
                 Some((generation, ev)) = self.ipc_rx.recv() => self.on_ipc(generation, ev),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Remove(reply)) => {
@@ -495,7 +505,7 @@ impl HostActor {
         // Its IPC directory (at rest, no socket in it is in use). Windows
         // pipes have no directory.
         ipc::transport::remove_host_dir(&self.settings().runtime_dir, &self.id);
-        self.leftovers.release();
+        self.leftovers.release(&self.cleanup);
         self.bus.removed(self.live());
         if let Some(reg) = self.registry.upgrade() {
             reg.remove_instance(&self.id, self.instance);

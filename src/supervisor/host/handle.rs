@@ -138,6 +138,8 @@ pub struct ActorParts {
     pub messages: Arc<MessageHub>,
     pub spawner: Arc<spawn::Spawner>,
     pub records: Option<Arc<Records>>,
+    /// Where released cgroups go to be removed, off the actor.
+    pub cleanup: spawn::Cleanup,
 }
 
 /// Start the actor task; it registers its initial `stopped` status.

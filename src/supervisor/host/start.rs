@@ -107,7 +107,7 @@ impl HostActor {
             Ok(s) => Ok((s, p.cgroups, ipc)),
             Err(e) => {
                 // Nothing joined them.
-                p.cgroups.release();
+                p.cgroups.release(&self.cleanup);
                 Err(e)
             }
         }

@@ -1,6 +1,13 @@
 //! The stop path: SIGTERM to the group, SIGKILL at the stop timeout, then
 //! wait until nothing is left (the cgroup2 cgroup's emptying is the event
-//! where there is one; the group is polled otherwise), and `stopped`.
+//! where there is one; the group is polled otherwise), and `stopped`: the
+//! reply goes then. Removing the cgroups follows, on the clean-up task
+//! (`spawn::cleanup`), and `running.json`'s rewrite on its writer task;
+//! neither is waited for.
+//!
+//! The SIGTERM is the first thing a stop does, and the actor then yields
+//! once: the other actors a batch of stops has woken send theirs before
+//! any of them does its bookkeeping.
 //!
 //! Processes that outlive SIGKILL by [`KILL_GRACE`] (a process stuck in the
 //! kernel, one the daemon may not signal) do not hold the stop: it ends
@@ -14,7 +21,7 @@ use tokio::time::Instant;
 use super::actor::HostActor;
 use super::handle::Reply;
 use crate::protocol::HostStatus;
-use crate::spawn::{Containment, Emptied, ExitOutcome};
+use crate::spawn::{Cleanup, Containment, Emptied, ExitOutcome};
 use crate::state::{HostState, Input};
 
 /// How often a stopping host's process group is checked once its leader is
@@ -85,12 +92,12 @@ impl Leftovers {
     }
 
     /// Look again; `true` when the pids changed. What emptied is released.
-    fn check(&mut self) -> bool {
+    fn check(&mut self, cleanup: &Cleanup) -> bool {
         let mut pids = Vec::new();
         for c in std::mem::take(&mut self.held) {
             let left = c.leftover_pids();
             if left.is_empty() {
-                c.release();
+                c.release(cleanup);
             } else {
                 pids.extend(left);
                 self.held.push(c);
@@ -105,9 +112,9 @@ impl Leftovers {
     }
 
     /// Let go of everything held (the host is removed).
-    pub(super) fn release(&mut self) {
+    pub(super) fn release(&mut self, cleanup: &Cleanup) {
         for c in self.held.drain(..) {
-            c.release();
+            c.release(cleanup);
         }
         self.pids.clear();
         self.check_at = None;
@@ -133,6 +140,14 @@ impl HostActor {
             }
             _ => {}
         }
+        // The signal first, then let every other actor with a command
+        // waiting send its own before this one does its bookkeeping: a
+        // batch of stops (a JSON-RPC batch, a shutdown) is one batch of
+        // signals, not one signal per actor turn.
+        if let Some(c) = &self.contained {
+            c.terminate();
+            tokio::task::yield_now().await;
+        }
         self.restart_at = None;
         self.stable_at = None;
         self.end_session("the host is stopping");
@@ -146,8 +161,7 @@ impl HostActor {
             waiters: vec![reply],
             restarts: Vec::new(),
         };
-        if let Some(c) = &self.contained {
-            c.terminate();
+        if self.contained.is_some() {
             stopping.kill_at = Some(Instant::now() + timeout);
             if self.child.is_none() {
                 stopping.poll_at = Some(Instant::now());
@@ -264,16 +278,16 @@ impl HostActor {
     }
 
     /// The process and its group are gone (or given up on): let go of them;
-    /// the cgroups are removed once empty, in the background.
+    /// the clean-up task removes the cgroups once empty, off this path.
     pub(super) fn release_contained(&mut self) {
         if let Some(c) = self.contained.take() {
-            c.release();
+            c.release(&self.cleanup);
         }
     }
 
     /// A leftover check is due.
     pub(super) fn on_leftovers_check(&mut self) {
-        if self.leftovers.check() {
+        if self.leftovers.check(&self.cleanup) {
             if self.leftovers.pids.is_empty() {
                 tracing::info!(extension_id = %self.id, "the leftovers of an earlier stop are gone");
             }
@@ -286,7 +300,7 @@ impl HostActor {
     async fn finish_stop(&mut self, left: Vec<u32>) {
         if let Some(c) = self.contained.take() {
             if left.is_empty() {
-                c.release();
+                c.release(&self.cleanup);
             } else {
                 self.leftovers.hold(c, left);
             }
@@ -349,14 +363,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let mut left = Leftovers::default();
+        let cleanup = Cleanup::start();
         left.hold(c, vec![s.pid]);
         assert_eq!(left.pids, vec![s.pid]);
         assert!(left.check_at.is_some());
         // A check sees both processes.
-        assert!(left.check());
+        assert!(left.check(&cleanup));
         assert_eq!(left.pids.len(), 2);
         assert!(left.pids.contains(&s.pid));
-        assert!(!left.check(), "nothing changed");
+        assert!(!left.check(&cleanup), "nothing changed");
         left.held[0].kill();
         s.child.wait().await.unwrap();
         while !left.pids.is_empty() {
@@ -365,7 +380,7 @@ mod tests {
                 "the kill did not land"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
-            left.check();
+            left.check(&cleanup);
         }
         assert!(left.held.is_empty());
         assert_eq!(left.check_at, None);
