@@ -21,7 +21,8 @@ use super::transport::{self, Stream};
 use super::{Counters, HostRequests, Message, READY, RelayError, SessionConfig, SessionEvent};
 
 /// First pause between attempts to connect to the host's socket, doubled up
-/// to [`CONNECT_RETRY_SLOW`]. On Linux a change in the host's IPC directory
+/// to [`CONNECT_RETRY_SLOW`] (on Linux with the host's directory watched, up
+/// to `CONNECT_RETRY_WATCHED`: the timer is only a backstop). On Linux a change in the host's IPC directory
 /// (its socket appearing) resets it, so the connect follows the host's
 /// `listen` within a millisecond or two without polling meanwhile; elsewhere
 /// the pause stays at `CONNECT_RETRY_FAST` for the first seconds. The
@@ -30,6 +31,9 @@ const CONNECT_RETRY_FIRST: Duration = Duration::from_millis(1);
 #[cfg(not(target_os = "linux"))]
 const CONNECT_RETRY_FAST: Duration = Duration::from_millis(4);
 const CONNECT_RETRY_SLOW: Duration = Duration::from_millis(100);
+/// The slowest pause while the host's IPC directory is watched (Linux).
+#[cfg(target_os = "linux")]
+const CONNECT_RETRY_WATCHED: Duration = Duration::from_secs(1);
 #[cfg(not(target_os = "linux"))]
 const CONNECT_FAST_FOR: Duration = Duration::from_secs(2);
 
@@ -227,7 +231,12 @@ async fn connect_to_host(
                 // then quickly (it may be bound but not yet listening).
                 () = changed => pause = CONNECT_RETRY_FIRST,
                 () = tokio::time::sleep(pause) => {
-                    pause = (pause * 2).min(CONNECT_RETRY_SLOW);
+                    // With the directory watched, the socket's creation is
+                    // an event: the timer is only a backstop, so it slows
+                    // further (a host that never listens, e.g. one without
+                    // IPC, costs one attempt a second, not ten).
+                    let slow = if watch.is_some() { CONNECT_RETRY_WATCHED } else { CONNECT_RETRY_SLOW };
+                    pause = (pause * 2).min(slow);
                 }
                 () = closed(&shared) => return,
             }

@@ -175,56 +175,68 @@ impl Dispatcher {
             ));
         }
         // Up to BATCH_CONCURRENCY entries at a time (a batch of 100 stops
-        // runs them together, as a connection's in-flight requests would),
-        // replies taken in order; once they add up past the response limit,
-        // every later entry is answered with an error instead of being run
-        // (its reply could not be sent anyway).
-        let mut replies = futures_util::stream::FuturesOrdered::new();
+        // runs them together, as a connection's in-flight requests would):
+        // the next entry starts as soon as any running one finishes, and
+        // the replies are put back in the batch's order at the end. Once
+        // the replies add up past the response limit, no further entry is
+        // started and every entry without a kept reply is answered with an
+        // error instead (its reply could not be sent anyway).
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut kept: Vec<Option<Option<Reply>>> = (0..items.len()).map(|_| None).collect();
         let mut next = 0;
-        let mut jsons = Vec::new();
-        let mut on_sent = Vec::new();
         let mut total = 0usize;
-        let mut over = 0usize;
+        let mut over = false;
         loop {
-            while replies.len() < BATCH_CONCURRENCY && next < items.len() {
-                replies.push_back(self.handle_one(items[next].get(), true));
+            while !over && running.len() < BATCH_CONCURRENCY && next < items.len() {
+                let i = next;
+                let entry = self.handle_one(items[i].get(), true);
+                running.push(async move { (i, entry.await) });
                 next += 1;
             }
-            let Some(r) = replies.next().await else { break };
-            let Some(r) = r else { continue };
+            let Some((i, r)) = running.next().await else {
+                break;
+            };
+            let Some(r) = r else {
+                // A notification: run, nothing to send.
+                kept[i] = Some(None);
+                continue;
+            };
             total += r.json.get().len() + 1;
-            if total > MAX_RESPONSE_BYTES {
-                over += 1;
+            if over || total > MAX_RESPONSE_BYTES {
+                // Entries already running finish; their replies are not
+                // kept.
+                over = true;
                 for n in r.on_sent {
                     n.notify(false);
                 }
-                // Entries already running finish; their replies go too.
-                while let Some(r) = replies.next().await {
-                    for n in r.into_iter().flat_map(|r| r.on_sent) {
-                        n.notify(false);
+                continue;
+            }
+            kept[i] = Some(Some(r));
+        }
+        drop(running);
+        let mut jsons = Vec::new();
+        let mut on_sent = Vec::new();
+        for (item, k) in items.iter().zip(kept) {
+            match k {
+                Some(Some(r)) => {
+                    jsons.push(r.json);
+                    on_sent.extend(r.on_sent);
+                }
+                Some(None) => {}
+                None if over => {
+                    let id = check(item.get())
+                        .ok()
+                        .and_then(|c| c.id)
+                        .map(Id::into_owned);
+                    if let Some(id) = id {
+                        jsons.push(error_line(
+                            id,
+                            codes::INVALID_REQUEST_CODE,
+                            "batch reply over the 64 MiB limit: no reply for this entry (entries not yet started were not run)",
+                        ));
                     }
                 }
-                break;
-            }
-            jsons.push(r.json);
-            on_sent.extend(r.on_sent);
-        }
-        drop(replies);
-        if over > 0 {
-            // Entries started but not kept, and those never started.
-            let kept = jsons.len();
-            for item in &items[kept..] {
-                let id = check(item.get())
-                    .ok()
-                    .and_then(|c| c.id)
-                    .map(Id::into_owned);
-                if let Some(id) = id {
-                    jsons.push(error_line(
-                        id,
-                        codes::INVALID_REQUEST_CODE,
-                        "batch reply over the 64 MiB limit: no reply for this entry (entries not yet started were not run)",
-                    ));
-                }
+                None => {}
             }
         }
         if jsons.is_empty() {
