@@ -258,6 +258,14 @@ async fn unsubscribe_and_daemon_info() {
         assert_eq!(info["hosts"], 0);
         assert!(info["startedAt"].as_str().unwrap().ends_with('Z'));
         assert!(info["uptimeMs"].is_u64());
+        // The harness passes `--config`: the file read is named (with none
+        // read it is null: `daemon::settings` unit test).
+        assert!(
+            info["configPath"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("config.toml")),
+            "{info}"
+        );
         // rpc.discover: the OpenRPC document, on one line like everything else.
         let mut raw_conn = raw(&d).await;
         raw_conn

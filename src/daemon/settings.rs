@@ -41,6 +41,15 @@ pub fn config_source(opts: &Options) -> Option<(PathBuf, bool)> {
     }
 }
 
+/// The file a config came from, if one was read: `--config` (which must
+/// exist, or loading failed) or the default path when it exists; `None`
+/// when the daemon runs on the defaults (`daemon.info`'s `configPath`).
+fn file_read(source: Option<(PathBuf, bool)>) -> Option<PathBuf> {
+    source
+        .filter(|(path, required)| *required || path.exists())
+        .map(|(path, _)| path)
+}
+
 /// Why the config could not be loaded: the file itself, or who may write it.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -173,7 +182,7 @@ impl Settings {
         let supervisor = supervisor_config(config, runtime_dir.clone(), &state_dir);
         Ok(Settings {
             options: opts.clone(),
-            config_path: config_source(opts).map(|(p, _)| p),
+            config_path: file_read(config_source(opts)),
             socket,
             runtime_dir,
             state_dir,
@@ -306,6 +315,20 @@ mod tests {
             s.config_path.as_deref(),
             Some(Path::new("/nonexistent/config.toml"))
         );
+    }
+
+    #[test]
+    fn config_path_names_only_a_file_that_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("config.toml");
+        std::fs::write(&there, "").unwrap();
+        let missing = dir.path().join("missing.toml");
+        // The default path: named when it exists, not when it does not.
+        assert_eq!(file_read(Some((there.clone(), false))), Some(there));
+        assert_eq!(file_read(Some((missing.clone(), false))), None);
+        // `--config`: loading failed already if it was missing.
+        assert_eq!(file_read(Some((missing.clone(), true))), Some(missing));
+        assert_eq!(file_read(None), None);
     }
 
     #[test]
