@@ -581,3 +581,44 @@ async fn reload_reports_what_it_could_not_apply_and_leaves_an_editors_host_alone
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_applies_on_reload_without_a_restart() {
+    timed(async {
+        // No RUST_LOG: the config's log_level decides (info at first).
+        let d = Daemon::start_with(DaemonOpts {
+            config: Some("log_level = \"info\"\n".into()),
+            env: vec![("RUST_LOG".into(), String::new())],
+            ..Default::default()
+        });
+        let mut c = d.client().await;
+        let config = |level: &str| {
+            format!(
+                "log_level = \"{level}\"\n[sandbox]\nwritable_paths = [\"{}\"]\n",
+                d.dir.display()
+            )
+        };
+        // Reloaded at warn: from then on (this reload's own outcome line
+        // included) info lines are not written.
+        std::fs::write(d.dir.join("config.toml"), config("warn")).unwrap();
+        assert_eq!(c.ok("daemon.reload", json!({})).await, json!({"ok": true}));
+        assert!(
+            !d.log_text().contains("config reloaded"),
+            "{}",
+            d.log_text()
+        );
+        // Reloaded at info: the level changes at once, and it is not among
+        // the keys that need a restart.
+        std::fs::write(d.dir.join("config.toml"), config("info")).unwrap();
+        assert_eq!(c.ok("daemon.reload", json!({})).await, json!({"ok": true}));
+        d.wait_for_log("config reloaded", S10);
+        assert!(
+            !d.log_text().contains("needs a daemon restart"),
+            "{}",
+            d.log_text()
+        );
+        let pid = d.pid();
+        assert!(process_alive(pid));
+    })
+    .await;
+}

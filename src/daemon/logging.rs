@@ -109,21 +109,68 @@ pub fn init_logging(log: &LogSettings) -> anyhow::Result<Logging> {
     use tracing_subscriber::filter::{FilterExt, filter_fn};
     let to_stderr = matches!(log.host_output, HostOutput::Stderr | HostOutput::Both);
     let to_file = matches!(log.host_output, HostOutput::File | HostOutput::Both);
+    // The level filters can be swapped at a reload (`set_level`).
+    let (stderr_filter, stderr_level) = tracing_subscriber::reload::Layer::new(filter());
+    let (file_filter, file_level) = tracing_subscriber::reload::Layer::new(filter());
     tracing_subscriber::registry()
         .with(
-            stderr_layer
-                .with_filter(filter().and(filter_fn(move |m| to_stderr || m.target() != "host"))),
+            stderr_layer.with_filter(
+                stderr_filter.and(filter_fn(move |m| to_stderr || m.target() != "host")),
+            ),
         )
         .with(
             file_layer
-                .with_filter(filter().and(filter_fn(move |m| to_file || m.target() != "host"))),
+                .with_filter(file_filter.and(filter_fn(move |m| to_file || m.target() != "host"))),
         )
         .try_init()
         .context("installing the tracing subscriber")?;
+    let from_env = std::env::var_os(EnvFilter::DEFAULT_ENV).is_some();
+    let _ = LEVEL.set(Level {
+        from_env,
+        set: Box::new(move |level: &str| {
+            let new = || EnvFilter::try_new(level);
+            stderr_level
+                .reload(new().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            file_level
+                .reload(new().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())
+        }),
+    });
     if tightened {
         tracing::warn!(dir = %dir.display(), "the log directory was open to group or others: made it 0700 (its files are 0600)");
     }
     Ok(Logging { guard, dir, reopen })
+}
+
+/// Swaps the level filters of the installed subscriber.
+type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The installed subscriber's level filters, for a reload.
+struct Level {
+    /// `RUST_LOG` was set: it wins over `log_level`, now and at reloads.
+    from_env: bool,
+    set: SetLevel,
+}
+
+static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+
+/// Apply a reloaded `log_level` to the running subscriber. Does nothing
+/// when `RUST_LOG` set the level or no subscriber was installed by
+/// [`init_logging`] (tests that run the daemon in-process).
+pub fn set_level(level: &str) {
+    let Some(l) = LEVEL.get() else { return };
+    if l.from_env {
+        tracing::info!(
+            log_level = level,
+            "RUST_LOG is set: it keeps deciding the level"
+        );
+        return;
+    }
+    match (l.set)(level) {
+        Ok(()) => tracing::info!(log_level = level, "log level changed"),
+        Err(e) => tracing::warn!(log_level = level, error = %e, "could not change the log level"),
+    }
 }
 
 const LOG_PREFIX: &str = "dscode-hostd.";

@@ -322,6 +322,9 @@ async fn reload(
             for key in settings.restart_only_changes(&new) {
                 tracing::warn!(key, "config change needs a daemon restart to take effect");
             }
+            if new.logging.level != settings.logging.level {
+                logging::set_level(&new.logging.level);
+            }
             let current = supervisor.config();
             // Where the daemon runs, and the cgroup roots found at start-up
             // (`socket` and `sandbox.cgroup` are restart-only).

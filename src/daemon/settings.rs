@@ -87,7 +87,7 @@ pub enum SettingsError {
 /// The daemon's own logs (read at start-up only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
-    /// `log_level` (`RUST_LOG` wins).
+    /// `log_level` (`RUST_LOG` wins); applied again at a reload.
     pub level: String,
     /// `log_dir`, else the state directory.
     pub dir: PathBuf,
@@ -224,7 +224,6 @@ impl Settings {
                 old_conn.idle_timeout != new_conn.idle_timeout,
                 "idle_timeout_ms",
             ),
-            (old_log.level != new_log.level, "log_level"),
             (self.sandbox.cgroup != new.sandbox.cgroup, "sandbox.cgroup"),
             (
                 old_log.dir != new_log.dir
@@ -348,7 +347,7 @@ mod tests {
         );
         assert_eq!(
             old.restart_only_changes(&new),
-            ["max_connections", "idle_timeout_ms", "log_level"]
+            ["max_connections", "idle_timeout_ms"]
         );
     }
 }

@@ -122,7 +122,8 @@ pub const SIGINT: i32 = 2;
 pub struct DaemonOpts {
     /// Config file contents.
     pub config: Option<String>,
-    /// Extra environment for the daemon.
+    /// Extra environment for the daemon; an empty value removes the
+    /// variable.
     pub env: Vec<(String, String)>,
     /// Use this marker (from [`new_marker`]) instead of a fresh one.
     pub marker: Option<String>,
@@ -203,7 +204,12 @@ impl Daemon {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         cmd.arg("--config").arg(p);
         for (k, v) in &opts.env {
-            cmd.env(k, v);
+            // An empty value removes the variable (e.g. the RUST_LOG above).
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
         }
         let leaked = opts.leak_fd.as_ref().map(|p| {
             std::fs::OpenOptions::new()
