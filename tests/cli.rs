@@ -928,3 +928,50 @@ async fn a_forwarded_socket_in_a_private_directory_works() {
     })
     .await;
 }
+
+/// Kills a helper process when the test ends, passing or failing.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Remote development, with socat standing in for `ssh -L local:remote`
+/// (README, "Remote development"): the CLI reaches the daemon through a
+/// forwarded socket in a private directory; the daemon sees the forwarder's
+/// uid (ours), so its peer check holds on its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socat_forwarded_socket_reaches_the_daemon() {
+    timed(async {
+        let socat = which::which("socat")
+            .expect("socat is required by this test; .ci/run installs it (apt-get install socat)");
+        let d = Daemon::start();
+        let dir = fake_server::private_dir();
+        let fwd = dir.path().join("hostd.sock");
+        let _socat = KillOnDrop(
+            Command::new(socat)
+                .arg(format!("UNIX-LISTEN:{},fork,mode=600", fwd.display()))
+                .arg(format!("UNIX-CONNECT:{}", d.socket.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_file(&fwd).await;
+        let out = ctl_at(&fwd, &["--json", "info"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The daemon at the far end answered, about its own socket.
+        assert_eq!(v["pid"], d.pid(), "{v}");
+        assert_eq!(v["socket"], d.socket.display().to_string(), "{v}");
+        // A second call through the same forwarder (socat forks per
+        // connection, as sshd does per channel).
+        let out = ctl_at(&fwd, &["list"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    })
+    .await;
+}
