@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::protocol::HostOptions;
-use crate::protocol::options::{Keys, read_options};
+use crate::protocol::options::{Keys, read_id_flag_options};
 
 /// A host declared in the config (`[[host]]`), like a supervisord program:
 /// its id, whether it starts with the daemon, and its options, spelt in
@@ -34,34 +34,14 @@ impl<'de> serde::de::Visitor<'de> for HostConfigVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<HostConfig, A::Error> {
         use serde::de::Error;
-        let mut extension_id = None;
-        let mut autostart = None;
-        let options = read_options(
-            map,
-            Keys::Snake,
-            &["extension_id", "autostart"],
-            |i, map: &mut A| {
-                if i == 0 {
-                    if extension_id.is_some() {
-                        return Err(A::Error::duplicate_field("extension_id"));
-                    }
-                    extension_id = Some(map.next_value()?);
-                } else {
-                    if autostart.is_some() {
-                        return Err(A::Error::duplicate_field("autostart"));
-                    }
-                    autostart = Some(map.next_value()?);
-                }
-                Ok(())
-            },
-        )?;
-        let extension_id = extension_id.ok_or_else(|| A::Error::missing_field("extension_id"))?;
+        let (extension_id, autostart, options) =
+            read_id_flag_options(map, Keys::Snake, &["extension_id", "autostart"])?;
         if options.entry.is_none() {
             return Err(A::Error::missing_field("entry"));
         }
         Ok(HostConfig {
             extension_id,
-            autostart: autostart.unwrap_or(false),
+            autostart,
             options,
         })
     }

@@ -96,6 +96,36 @@ pub enum Keys {
     Snake,
 }
 
+/// A host's id, one flag beside it, and its options: what `host.start`
+/// (`extensionId`, `waitReady`) and a `[[host]]` table (`extension_id`,
+/// `autostart`) both hold. `names` are the two keys as spelt in `map`; the
+/// id is required, the flag defaults to false.
+pub fn read_id_flag_options<'de, A: MapAccess<'de>>(
+    map: A,
+    keys: Keys,
+    names: &'static [&'static str; 2],
+) -> Result<(String, bool, HostOptions), A::Error> {
+    use serde::de::Error;
+    let mut id = None;
+    let mut flag = None;
+    let options = read_options(map, keys, names, |i, map: &mut A| {
+        if i == 0 {
+            if id.is_some() {
+                return Err(A::Error::duplicate_field(names[0]));
+            }
+            id = Some(map.next_value()?);
+        } else {
+            if flag.is_some() {
+                return Err(A::Error::duplicate_field(names[1]));
+            }
+            flag = Some(map.next_value()?);
+        }
+        Ok(())
+    })?;
+    let id = id.ok_or_else(|| A::Error::missing_field(names[0]))?;
+    Ok((id, flag.unwrap_or(false), options))
+}
+
 /// Read the entries of `map` into [`HostOptions`], except the keys in
 /// `extras` (spelt as `keys` says), each of which is handed to `take` with
 /// its index, to read its value from `map`. An unknown key is an error that

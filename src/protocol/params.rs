@@ -5,10 +5,10 @@
 //! that names it rather than a silently ignored value; absent optional
 //! fields are left out when written.
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::options::{HostOptions, Keys, read_options};
+use super::options::{HostOptions, Keys, read_id_flag_options};
 
 /// `daemon.*`, `host.list`, `rpc.discover`: no params (`{}`).
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -45,30 +45,11 @@ impl<'de> Visitor<'de> for StartVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StartParams, A::Error> {
-        let mut extension_id = None;
-        let mut wait_ready = None;
-        let options = read_options(
-            map,
-            Keys::Camel,
-            &["extensionId", "waitReady"],
-            |i, map: &mut A| {
-                if i == 0 {
-                    if extension_id.is_some() {
-                        return Err(de::Error::duplicate_field("extensionId"));
-                    }
-                    extension_id = Some(map.next_value()?);
-                } else {
-                    if wait_ready.is_some() {
-                        return Err(de::Error::duplicate_field("waitReady"));
-                    }
-                    wait_ready = Some(map.next_value()?);
-                }
-                Ok(())
-            },
-        )?;
+        let (extension_id, wait_ready, options) =
+            read_id_flag_options(map, Keys::Camel, &["extensionId", "waitReady"])?;
         Ok(StartParams {
-            extension_id: extension_id.ok_or_else(|| de::Error::missing_field("extensionId"))?,
-            wait_ready: wait_ready.unwrap_or(false),
+            extension_id,
+            wait_ready,
             options,
         })
     }
