@@ -31,6 +31,10 @@ pub const HOST_SUBSCRIBE_LOGS: &str = "host.subscribeLogs";
 pub const HOST_SUBSCRIBE_MESSAGES: &str = "host.subscribeMessages";
 /// Ends any of the three subscriptions.
 pub const HOST_UNSUBSCRIBE: &str = "host.unsubscribe";
+/// Takes over the lease of a host started with `lease` (#15 item 9): the
+/// calling connection becomes its holder. Named ahead of its method, which
+/// joins [`METHODS`] when the daemon registers it.
+pub const HOST_CLAIM: &str = "host.claim";
 
 /// Every method, in the order `proto-docs/openrpc.json` lists them.
 pub const METHODS: &[&str] = &[
