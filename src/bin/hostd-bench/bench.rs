@@ -20,7 +20,8 @@
 //! This file reads the options and runs the scenarios; each family is its
 //! own file (`rpc.rs`, `spawn.rs`, `events.rs`, `scale.rs`, `relay.rs`,
 //! `ready.rs`, `flood.rs`, `verify.rs`), over the shared `daemon.rs` (a real
-//! daemon and a raw connection), `floor.rs` (the echo floor) and `report.rs`
+//! daemon and a raw connection), `floor.rs` (the echo floor), `forward.rs`
+//! (the relay's two-hop floor) and `report.rs`
 //! (rows, medians, the table).
 
 use std::path::Path;
@@ -70,6 +71,12 @@ fn parse_args() -> anyhow::Result<Opts> {
             "--idle-secs" => o.idle_secs = args.next().context("--idle-secs S")?.parse()?,
             "--echo-server" => {
                 crate::floor::echo_server(Path::new(&args.next().context("--echo-server PATH")?))?;
+                std::process::exit(0);
+            }
+            "--forward" => {
+                let listen = args.next().context("--forward LISTEN TARGET")?;
+                let target = args.next().context("--forward LISTEN TARGET")?;
+                crate::forward::forward_server(Path::new(&listen), Path::new(&target))?;
                 std::process::exit(0);
             }
             "-h" | "--help" => {

@@ -15,6 +15,8 @@ mod flood;
 #[cfg(unix)]
 mod floor;
 #[cfg(unix)]
+mod forward;
+#[cfg(unix)]
 mod ready;
 #[cfg(unix)]
 mod relay;
