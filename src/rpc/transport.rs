@@ -14,6 +14,9 @@
 //!   and skipped, never buffered whole ([`crate::lines`]);
 //! - at most `max_in_flight` requests of a connection run at once; later ones
 //!   wait in the socket, none is dropped.
+//!
+//! Over 500 lines: the read/run/write loop and the batch runner share the
+//! reply and permit types and are read together. Tests: `transport_tests.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -313,10 +316,14 @@ impl Dispatcher {
 /// turns true. On shutdown every request already read is answered and
 /// flushed before the connection closes.
 ///
-/// One task reads and writes: a call that completes without waiting is
-/// answered inline (no hand-off to another task); calls that wait, and
-/// subscription notifications, come back through the bounded outgoing queue
-/// that this same task drains.
+/// One task reads, runs the calls and writes: a call that completes without
+/// waiting is answered inline; a call that waits (a relayed `host.request`
+/// waiting for its host, a `host.stop`) is polled by this same task among
+/// its others, so its reply is written from here the moment it is woken (no
+/// hand-off to another task and back). Subscription notifications come
+/// through the bounded outgoing queue that this task drains. Calls never end
+/// with the connection: those still running when it closes are handed to a
+/// task of their own that runs them to completion, as a spawned call would.
 pub async fn serve<S>(
     stream: S,
     methods: MethodTable,
@@ -329,7 +336,7 @@ pub async fn serve<S>(
 {
     let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Box<RawValue>>(OUT_QUEUE);
-    let conn = Arc::new(Connection::new(tx.clone()));
+    let conn = Arc::new(Connection::new(tx));
     // Weak: the connection (its queue's sender) must go once the
     // dispatcher does, so the queue can close.
     let conn_weak = Arc::downgrade(&conn);
@@ -345,19 +352,22 @@ pub async fn serve<S>(
     let mut reading = !*shutdown.borrow();
     let mut shutting_down = !reading;
     let mut dispatcher = Some(dispatcher);
-    let mut tx = Some(tx);
+    // Calls that waited at their first poll, each with its in-flight permit.
+    let mut calls = Calls::new();
+    let mut broken = false;
     while !shutting_down {
         if !out.buf.is_empty() && (out.write(&mut write).await).is_err() {
-            return;
+            broken = true;
+            break;
         }
         if !reading {
             // The client closed its side: its subscriptions end, and dropping
-            // our own senders lets the queue close once every pending reply
-            // is written (a last request without a newline is still answered).
+            // our dispatcher (the queue's sender) lets the queue close once
+            // every call still running has been answered (a last request
+            // without a newline is still answered).
             if let Some(d) = dispatcher.take() {
                 d.conn.cancel_all();
             }
-            tx = None;
         }
         // Requests in flight (the permit held for the next line is not
         // one) and subscriptions.
@@ -384,6 +394,12 @@ pub async fn serve<S>(
                     }
                 }
                 None => break,
+            },
+            Some((reply, permit)) = calls.next(), if !calls.is_empty() => {
+                drop(permit);
+                if let Some(reply) = reply {
+                    out.push_reply(reply);
+                }
             },
             changed = shutdown.changed() => {
                 let stop = changed.is_err() || *shutdown.borrow();
@@ -424,31 +440,17 @@ pub async fn serve<S>(
                 };
                 presence.touch();
                 let Some(permit) = permit.take() else { break };
-                let (Some(d), Some(tx)) = (dispatcher.clone(), tx.clone()) else { break };
-                let mut work = Box::pin(async move { d.handle_line(&bytes).await });
+                let Some(d) = dispatcher.clone() else { break };
+                let mut work: Waiting = Box::pin(async move { (d.handle_line(&bytes).await, permit) });
                 match futures_util::FutureExt::now_or_never(&mut work) {
                     // Done without waiting: answer inline.
-                    Some(reply) => {
+                    Some((reply, permit)) => {
                         drop(permit);
                         if let Some(reply) = reply {
-                            out.push(&reply.json);
-                            for n in reply.on_sent {
-                                // Queued in order before anything it causes.
-                                n.notify(true);
-                            }
+                            out.push_reply(reply);
                         }
                     }
-                    None => {
-                        tokio::spawn(async move {
-                            if let Some(reply) = work.await {
-                                let sent = tx.send(reply.json).await.is_ok();
-                                for n in reply.on_sent {
-                                    n.notify(sent);
-                                }
-                            }
-                            drop(permit);
-                        });
-                    }
+                    None => calls.push(work),
                 }
             },
         }
@@ -457,7 +459,6 @@ pub async fn serve<S>(
         // Every request read so far has queued its reply once its permit is
         // back; then flush and close.
         dispatcher.take();
-        tx.take();
         let all = in_flight
             .clone()
             .acquire_many_owned(limits.max_in_flight as u32);
@@ -469,6 +470,12 @@ pub async fn serve<S>(
                 _ = &mut all => break,
                 () = &mut deadline => break,
                 Some(m) = rx.recv() => out.push(&m),
+                Some((reply, permit)) = calls.next(), if !calls.is_empty() => {
+                    drop(permit);
+                    if let Some(reply) = reply {
+                        out.push_reply(reply);
+                    }
+                }
             }
         }
         while let Ok(m) = rx.try_recv() {
@@ -476,8 +483,30 @@ pub async fn serve<S>(
         }
         let _ = out.write(&mut write).await;
     }
-    let _ = write.shutdown().await;
+    if !calls.is_empty() {
+        // The connection is gone (or going) but its calls are not cancelled:
+        // a stop or a start runs to its end, replies going nowhere.
+        tokio::spawn(async move {
+            while let Some((reply, _permit)) = calls.next().await {
+                for n in reply.into_iter().flat_map(|r| r.on_sent) {
+                    n.notify(false);
+                }
+            }
+        });
+    }
+    if !broken {
+        let _ = write.shutdown().await;
+    }
 }
+
+/// One call that waited at its first poll: its reply (if any) and the
+/// in-flight permit it holds until then.
+type Waiting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (Option<Reply>, tokio::sync::OwnedSemaphorePermit)> + Send,
+    >,
+>;
+type Calls = futures_util::stream::FuturesUnordered<Waiting>;
 
 /// Bytes waiting to be written, one message per line.
 #[derive(Default)]
@@ -491,6 +520,15 @@ impl Out {
         self.buf.push(b'\n');
     }
 
+    /// A call's reply, then word to whoever waits for it to be queued (in
+    /// order before anything it causes).
+    fn push_reply(&mut self, reply: Reply) {
+        self.push(&reply.json);
+        for n in reply.on_sent {
+            n.notify(true);
+        }
+    }
+
     async fn write<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
         w.write_all(&self.buf).await?;
         w.flush().await?;
@@ -498,3 +536,7 @@ impl Out {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;
